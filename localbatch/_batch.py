@@ -1,0 +1,368 @@
+"""``Batch`` and ``BatchResponse``: the SDK's asynchronous API, on the local store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    BatchNotStartedError,
+    BatchTimeoutError,
+    RowNotRecordedError,
+)
+from ._executors import get_engine
+from ._runner import BatchOptions
+from ._schema import EncodingType, InputTable, normalize_records
+from ._spool import CsvSource
+from ._store import check_artifact_name
+
+if TYPE_CHECKING:
+    from ._results import ResultReader
+    from ._service import Service, ServiceResponse
+
+__all__ = ["Batch", "BatchResponse"]
+
+_OPTION_NAMES = {"max_attempts", "row_timeout", "init_timeout", "error_threshold",
+                 "start_method", "console_limit", "artifact_limit"}
+
+
+class _State(str):
+    """The state string, also callable: ``batch.state()`` (the SDK's stub, fixed)."""
+
+    def __call__(self) -> str:
+        return str(self)
+
+
+def _options(service: Service, parallel_count: int, options: dict[str, Any]) -> BatchOptions:
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"batch() got unexpected keyword argument(s): {', '.join(unknown)}")
+    limits = {}
+    if "console_limit" in options:
+        limits["console_bytes"] = int(options.pop("console_limit"))
+    if "artifact_limit" in options:
+        limits["artifact_bytes"] = int(options.pop("artifact_limit"))
+    options.setdefault("start_method", service._client.start_method)
+    return BatchOptions(parallel_count=parallel_count, limits=limits, **options).validate()
+
+
+def _source(records: Any, service: Service) -> InputTable | CsvSource:
+    inputs = service._record.inputs
+    if isinstance(records, (str, os.PathLike)):
+        path = Path(records)
+        if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".txt"):
+            raise TypeError(f"records path {str(path)!r} must be a .csv or .tsv file")
+        if not inputs:
+            from ._errors import SchemaError
+
+            raise SchemaError("Attempt to batch a service with void inputs.")
+        return CsvSource(path, inputs)
+    return normalize_records(records, inputs)
+
+
+class Batch:
+    """A batch of records for one service: ``start()``, poll ``results()``, read rows."""
+
+    def __init__(self, service: Service, records: Any = None, parallel_count: int = 10,
+                 execution_id: str | None = None, **options: Any) -> None:
+        self._service = service
+        self._client = service._client
+        self._engine = options.pop("engine", None) or service._client.engine
+        get_engine(self._engine)
+        self._options = _options(service, parallel_count, options)
+        self._execution_id = execution_id
+        self._records: InputTable | CsvSource | None = None
+        if records is not None and execution_id is None:
+            self._records = _source(records, service)
+
+    # SDK properties ----------------------------------------------------------------
+
+    @property
+    def api(self) -> str:
+        return f"{self._service.api}/batch"
+
+    @property
+    def records(self) -> Any:
+        return self._records
+
+    @property
+    def parallel_count(self) -> int:
+        return self._options.parallel_count
+
+    @parallel_count.setter
+    def parallel_count(self, value: int) -> None:
+        self._options.parallel_count = value
+        self._options.validate()
+
+    @property
+    def execution_id(self) -> str | None:
+        return self._execution_id
+
+    @property
+    def state(self) -> _State:
+        return _State(self._header()["state"])
+
+    def __str__(self) -> str:
+        from pprint import pformat
+
+        return "<Batch> \n" + pformat({"_api": self.api, "_execution_id": self._execution_id,
+                                       "_parallel_count": self.parallel_count},
+                                      indent=4, width=1)
+
+    __repr__ = __str__
+
+    # running ------------------------------------------------------------------------
+
+    def _id(self) -> str:
+        if self._execution_id is None:
+            raise BatchNotStartedError("Batch not started, `execution_id` is None: call "
+                                       "start() first")
+        return self._execution_id
+
+    @property
+    def _store(self) -> Any:
+        return self._client._executions
+
+    def _header(self) -> dict[str, Any]:
+        from ._jobs import effective_header
+
+        return effective_header(self._store, self._id())
+
+    def start(self) -> Batch:
+        """Start scoring in the background and return at once (idempotent)."""
+        if self._execution_id is not None:
+            return self
+        if self._records is None:
+            raise BatchNotStartedError("this Batch has no records to start")
+        from ._jobs import submit
+
+        self._execution_id = submit(self._store, self._service._record, self._records,
+                                    self._options, get_engine(self._engine))
+        self._records = None
+        return self
+
+    def results(self, show_partial_results: bool = True, **aliases: Any) -> BatchResponse:
+        """The batch's state and counts, and its recorded rows."""
+        for alias in ("showPartialResults", "showPartialResult"):
+            if alias in aliases:
+                show_partial_results = bool(aliases.pop(alias))
+        if aliases:
+            raise TypeError(f"results() got unexpected keyword argument(s): {', '.join(aliases)}")
+        return BatchResponse(self, self._header(), show_partial_results)
+
+    def wait(self, timeout: float | None = None, progress: bool = False) -> BatchResponse:
+        """Block until the batch ends (or its owner is found dead); the final response."""
+        from ._jobs import TERMINAL, wait_for
+
+        if progress:
+            from ._views import wait_with_progress
+
+            header = wait_with_progress(self, timeout)
+        else:
+            header = wait_for(self._store, self._id(), timeout)
+        if header["state"] not in TERMINAL:
+            raise BatchTimeoutError(f"batch {self._id()} still {header['state']} after "
+                                    f"{timeout:g}s")
+        return BatchResponse(self, header, True)
+
+    def cancel(self) -> Batch:
+        """Cancel: finished rows stay readable; on return no row of it runs or will start."""
+        from ._jobs import cancel_execution
+
+        cancel_execution(self._store, self._id())
+        return self
+
+    def resume(self, force: bool = False) -> Batch:
+        """Finish the rows without a record (after the owner died, or forced)."""
+        from ._jobs import resume_execution
+
+        resume_execution(self._store, self._client._registry, self._id(), self._options,
+                         get_engine(self._engine), force=force)
+        return self
+
+    def retry_failed(self, version: str | None = None) -> Batch:
+        """Re-run only the failed rows (optionally on another version of the service)."""
+        from ._jobs import retry_failed
+
+        retry_failed(self._store, self._client._registry, self._id(), self._options,
+                     get_engine(self._engine), version)
+        return self
+
+    def delete(self) -> None:
+        """Remove a finished execution and its artifacts."""
+        from ._jobs import TERMINAL
+
+        header = self._header()
+        if header["state"] not in TERMINAL or (
+                header.get("interrupted") is None and self._store.owner_alive(self._id())):
+            from ._errors import BatchError
+
+            raise BatchError(f"batch {self._id()} is {header['state']}: cancel it before "
+                             "deleting")
+        self._store.delete(self._id())
+
+    # artifacts ------------------------------------------------------------------------
+
+    def _recorded(self, index: int) -> None:
+        from ._jobs import effective_header
+        from ._results import ResultReader
+
+        header = effective_header(self._store, self._id())
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"index must be an int, not {type(index).__name__}")
+        reader = ResultReader(self._store, self._id(), header, [], [])
+        if not reader.recorded(index):
+            raise RowNotRecordedError(f"row {index} of batch {self._id()} has no recorded "
+                                      f"result (rows are 0..{int(header['total']) - 1})")
+
+    def list_artifacts(self, index: int) -> list[str]:
+        self._recorded(index)
+        return self._store.list_artifacts(self._id(), index)
+
+    def artifact(self, index: int, file_name: str | None = None, **aliases: Any) -> bytes:
+        file_name = aliases.pop("fileName", file_name)
+        if aliases or file_name is None:
+            raise TypeError("artifact(index, file_name) needs a file name")
+        self._recorded(index)
+        return self._store.read_artifact(self._id(), index, file_name)
+
+    def download(self, index: int, file_name: str | None = None, destination: Any = None,
+                 **aliases: Any) -> list[str]:
+        """Write a row's artifact (or all of them) into ``destination`` (default: cwd now)."""
+        file_name = aliases.pop("fileName", file_name)
+        destination = aliases.pop("dest", destination)
+        if aliases:
+            raise TypeError(f"download() got unexpected keyword argument(s): {', '.join(aliases)}")
+        dest = Path(os.getcwd() if destination is None else destination)
+        if not dest.is_dir():
+            raise ValueError(f'No such file or directory "{dest}".')
+        self._recorded(index)
+        names = [file_name] if file_name is not None else self.list_artifacts(index)
+        return [str(_write_into(dest, check_artifact_name(name),
+                                self._store.read_artifact(self._id(), index, name)))
+                for name in names]
+
+    def download_all(self, destination: Any) -> list[str]:
+        """Every row's artifacts into ``destination/<index>/<name>``."""
+        dest = Path(destination)
+        if not dest.is_dir():
+            raise ValueError(f'No such file or directory "{dest}".')
+        header = self._header()
+        written = []
+        for index in range(int(header["total"])):
+            try:
+                names = self.list_artifacts(index)
+            except RowNotRecordedError:
+                continue
+            if names:
+                sub = dest / str(index)
+                sub.mkdir(exist_ok=True)
+                written += self.download(index, destination=sub)
+        return written
+
+
+def _write_into(dest: Path, name: str, data: bytes) -> Path:
+    """Overwrite ``dest/name`` through a temp file and a rename (never via a symlink)."""
+    target = dest / name
+    tmp = dest / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)  # replaces a symlink itself, never writes through it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+class BatchResponse:
+    """A snapshot of a batch: state, counts, and its rows (0-based, input order)."""
+
+    def __init__(self, batch: Batch, header: dict[str, Any], show_partial_results: bool
+                 ) -> None:
+        self._batch = batch
+        self._header = header
+        self._partial = show_partial_results
+        self._reader: ResultReader | None = None
+
+    api = property(lambda self: self._batch._service.api)
+    execution_id = property(lambda self: self._header["execution_id"])
+    state = property(lambda self: self._header["state"])
+    total_item_count = property(lambda self: int(self._header["total"]))
+    completed_item_count = property(lambda self: int(self._header.get("completed") or 0))
+    failed_item_count = property(lambda self: int(self._header.get("failed") or 0))
+    error = property(lambda self: self._header.get("error") or "")
+    resumable = property(lambda self: bool(self._header.get("resumable")))
+
+    @property
+    def header(self) -> dict[str, Any]:
+        """The execution's stored header (times, options, engine), as a copy."""
+        return dict(self._header)
+
+    @property
+    def _rows(self) -> ResultReader:
+        if self._reader is None:
+            from ._results import ResultReader
+
+            record = self._batch._service._record
+            self._reader = ResultReader(self._batch._store, self.execution_id, self._header,
+                                        record.outputs, record.inputs)
+        return self._reader
+
+    def _finished(self) -> bool:
+        return self.state in ("Complete", "Failed", "Canceled")
+
+    def execution(self, index: int) -> ServiceResponse:
+        """Row ``index``'s ServiceResponse; LookupError if it has no recorded result."""
+        from ._service import ServiceResponse, _raw
+
+        if not self._partial and not self._finished():
+            raise RowNotRecordedError(
+                f"results are shown once the batch has finished (show_partial_results=False); "
+                f"it is {self.state}")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"index must be an int, not {type(index).__name__}")
+        row = self._rows.row(index)
+        record = self._batch._service._record
+        outputs = {} if row.error_type else {
+            n: EncodingType.cast_to_python(e, row.outputs[n]) for n, e in record.outputs}
+        store, eid = self._batch._store, self.execution_id
+        files = store.list_artifacts(eid, index) if record.artifacts else []
+        import base64
+
+        response = {
+            "errorMessage": row.error, "errorType": row.error_type,
+            "traceback": row.traceback, "consoleOutput": row.console,
+            "outputParameters": {k: _raw(v) for k, v in outputs.items()},
+            "_outputs": outputs, "attempts": row.attempts, "history": row.history,
+            "outputFiles": {name: (base64.b64encode(store.read_artifact(eid, index, name))
+                                   .decode("ascii") if name in files else None)
+                            for name in record.artifacts},
+        }
+        return ServiceResponse(self.api, response,
+                               [{"name": n, "type": e.value} for n, e in record.outputs])
+
+    def to_frame(self) -> Any:
+        """One row per recorded input row (input order): input index, outputs, ``error``."""
+        return self._rows.to_frame()
+
+    def failed(self) -> Any:
+        """The failed rows: row, input index, inputs, error type, message, attempts."""
+        return self._rows.failed_frame()
+
+    def __str__(self) -> str:
+        return (f"\n<BatchResponse> \n   api: {self.api} \n   execution_id: {self.execution_id}\n"
+                f"   completed_item_count : {self.completed_item_count}\n"
+                f"   total_item_count: {self.total_item_count}\n   state: {self.state}")
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from ._views import batch_html
+
+        return batch_html(self)

@@ -1,0 +1,246 @@
+"""``DeployClient`` / ``MLServer``: the SDK's client, on a local store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ._definition import RealtimeDefinition, ServiceDefinition
+from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
+from ._executors import get_engine
+from ._fsutil import make_private_dir
+from ._jobs import effective_header
+from ._pool import START_METHODS, WORKER_POOL
+from ._registry import Registry, ServiceSpec
+from ._store import ExecutionStore
+
+__all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]
+
+_SPEC_KEYS = {"version", "alias", "description", "code_str", "init_str", "code_fn", "init_fn",
+              "objects", "models", "inputs", "outputs", "artifacts", "vectorized"}
+_REALTIME_KEYS = {"version", "alias", "description", "serialized_model"}
+
+
+def default_store() -> Path:
+    """``$LOCALBATCH_HOME``, else a per-user data folder."""
+    home = os.environ.get("LOCALBATCH_HOME")
+    if home:
+        return Path(home).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "share")
+    return Path(base) / "localbatch"
+
+
+def _resolve_store(host: Any) -> Path:
+    if host is None:
+        return default_store()
+    if isinstance(host, Path):
+        return host.expanduser().resolve()
+    if not isinstance(host, str):
+        raise ConfigurationError(f"DeployClient(host) takes a store path or an http(s) URL, not "
+                                 f"{type(host).__name__}")
+    if host.lower().startswith(("http://", "https://")):
+        return default_store()
+    return Path(host).expanduser().resolve()
+
+
+class Operationalization:
+    """The SDK's abstract client: builders on top of the deploy/get/list primitives."""
+
+    def initializer(self, *args: Any, **kwargs: Any) -> None:
+        """Kept for SDK compatibility: nothing to initialise locally."""
+
+    def destructor(self) -> None:
+        """Kept for SDK compatibility."""
+
+    def authentication(self, context: Any) -> None:
+        """Accepted and ignored: a local store needs no login."""
+
+    def service(self, name: str) -> ServiceDefinition:
+        return ServiceDefinition(name, self)
+
+    def realtime_service(self, name: str) -> RealtimeDefinition:
+        return RealtimeDefinition(name, self)
+
+
+class MLServer(Operationalization):
+    """The local "server": a registry of services and a store of executions."""
+
+    def __init__(self, store: Any = None, *, engine: Any = None,
+                 start_method: str | None = None) -> None:
+        self.store_path = _resolve_store(store)
+        if self.store_path.exists() and not self.store_path.is_dir():
+            raise ConfigurationError(f"store {self.store_path} is a file, not a folder")
+        try:
+            make_private_dir(self.store_path)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create store {self.store_path}: {exc}") from None
+        self._registry = Registry(self.store_path)
+        self._executions = ExecutionStore(self.store_path)
+        self.engine = engine
+        get_engine(engine)  # fail fast on a bad engine name
+        self.start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD", "spawn")
+        if self.start_method not in START_METHODS:
+            raise ConfigurationError(f"start_method must be one of {START_METHODS}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} store={str(self.store_path)!r}>"
+
+    # services -----------------------------------------------------------------
+
+    def get_service(self, name: str, **opts: Any) -> Any:
+        from ._service import Service
+
+        version = opts.pop("version", None)
+        _no_extra(opts, "get_service")
+        return Service(self._registry.get(name, version), self)
+
+    def list_services(self, name: str | None = None, **opts: Any) -> list[dict[str, Any]]:
+        version = opts.pop("version", None)
+        _no_extra(opts, "list_services")
+        return [r.meta() for r in self._registry.list(name, version)]
+
+    def delete_service(self, name: str, **opts: Any) -> bool:
+        version = opts.pop("version", None)
+        _no_extra(opts, "delete_service")
+        if version is None:
+            raise ValueError("Missing the required parameter `version`: delete_service(name, "
+                             "version=...) deletes one version")
+        self._registry.get(name, version)
+        keep = {h.get("revision") for h in self._headers() if h.get("service") == name
+                and h.get("version") == version}
+        return self._registry.delete(name, version, {k for k in keep if k})
+
+    def deploy_service(self, name: str, **opts: Any) -> Any:
+        return self._publish(name, opts, replace=False)
+
+    def redeploy_service(self, name: str, force: bool = False, **opts: Any) -> Any:
+        return self._publish(name, opts, replace=True)
+
+    def deploy_realtime(self, name: str, **opts: Any) -> Any:
+        return self._publish(name, opts, replace=False, realtime=True)
+
+    def redeploy_realtime(self, name: str, force: bool = False, **opts: Any) -> Any:
+        if opts.get("version") is None:
+            raise ValueError("Missing the required parameter `version` when calling "
+                             "`update_realtime_service`")
+        return self._publish(name, opts, replace=True, realtime=True)
+
+    def _publish(self, name: str, opts: dict[str, Any], *, replace: bool,
+                 realtime: bool = False) -> Any:
+        from ._service import Service
+
+        allowed = _REALTIME_KEYS if realtime else _SPEC_KEYS
+        unknown = sorted(set(opts) - allowed)
+        if unknown:
+            raise InvalidServiceError(f"unknown service option(s): {', '.join(unknown)} "
+                                      f"(allowed: {', '.join(sorted(allowed))})")
+        spec = ServiceSpec(name=name, runtime="Realtime" if realtime else "Python")
+        for key, value in opts.items():
+            setattr(spec, key, value)
+        spec.models = dict(spec.models or {})
+        spec.objects = dict(spec.objects or {})
+        if replace and spec.version is None:
+            try:
+                spec.version = self._registry.latest(name).version
+            except ServiceNotFoundError:
+                raise ServiceNotFoundError(f"No service found for {name}: deploy it first")
+        return Service(self._registry.publish(spec, replace=replace), self)
+
+    # session pools of ML Server 9.3: nothing to manage locally -----------------
+
+    def create_or_update_service_pool(self, name: str, version: str, initial_pool_size: int,
+                                      max_pool_size: int, **opts: Any) -> None:
+        """Local no-op: warm worker pools are managed automatically."""
+        self._registry.get(name, version)
+
+    def get_service_pool_status(self, name: str, version: str, **opts: Any
+                                ) -> list[dict[str, str]]:
+        self._registry.get(name, version)
+        return [{"computeNodeEndpoint": "local", "status": "Success"}]
+
+    def delete_service_pool(self, name: str, version: str, **opts: Any) -> bool:
+        self._registry.get(name, version)
+        return True
+
+    # executions (beyond the SDK) --------------------------------------------------
+
+    def _headers(self) -> list[dict[str, Any]]:
+        out = []
+        for execution_id in self._executions.list_ids():
+            try:
+                out.append(effective_header(self._executions, execution_id))
+            except (LookupError, OSError):
+                continue
+        return out
+
+    def list_executions(self, name: str | None = None, version: str | None = None
+                        ) -> list[dict[str, Any]]:
+        """Every execution in the store (newest last), with its effective state."""
+        headers = [h for h in self._headers() if (name is None or h["service"] == name)
+                   and (version is None or h["version"] == version)]
+        return sorted(headers, key=lambda h: h.get("created") or "")
+
+    def get_execution(self, execution_id: str) -> Any:
+        """The ``Batch`` of an execution id, without knowing its service."""
+        from ._batch import Batch
+        from ._service import Service
+
+        header = self._executions.read_header(execution_id)
+        try:
+            record = self._registry.revision(header["service"], header["version"],
+                                             header["revision"])
+        except ServiceNotFoundError:
+            record = self._registry.get(header["service"])
+        return Batch(Service(record, self), execution_id=execution_id)
+
+    def close(self) -> None:
+        """Stop this process's idle warm workers now (they also stop at exit)."""
+        WORKER_POOL.close()
+
+    def __enter__(self) -> MLServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _no_extra(opts: dict[str, Any], where: str) -> None:
+    if opts:
+        raise TypeError(f"{where}() got unexpected keyword argument(s): {', '.join(opts)}")
+
+
+_USE_NAMES = {"MLServer", "azureml.deploy.server.MLServer", "localbatch.MLServer"}
+
+
+def _check_use(use: Any) -> None:
+    if use is None:
+        return
+    if isinstance(use, type) and issubclass(use, Operationalization):
+        return
+    if isinstance(use, str) and use in _USE_NAMES:
+        return
+    if isinstance(use, tuple) and len(use) == 2 and use[0] in _USE_NAMES:
+        return
+    if isinstance(use, type) and use.__name__ == "MLServer":
+        return
+    raise ImportError(f"No module named `use={use!r}`: use MLServer, 'MLServer' or "
+                      "'azureml.deploy.server.MLServer'")
+
+
+class DeployClient(MLServer):
+    """Open a local store, with the SDK's constructor.
+
+    ``DeployClient()`` opens the default store (``$LOCALBATCH_HOME``, else a per-user
+    folder); ``DeployClient("path/to/store")`` that folder; the SDK form
+    ``DeployClient("http://host:12800", use=MLServer, auth=(user, pw))`` the default
+    store (``auth`` is accepted and ignored).
+    """
+
+    def __init__(self, host: Any = None, auth: Any = None, use: Any = None, *,
+                 engine: Any = None, start_method: str | None = None) -> None:
+        _check_use(use)
+        super().__init__(host, engine=engine, start_method=start_method)
+        if auth is not None:
+            self.authentication(auth)

@@ -1,0 +1,181 @@
+"""The single writer of one execution: buffers row results and commits parts.
+
+Used by every engine (local processes, inline, Dask), so the commit protocol
+is written once: artifacts first, then the part (published by an exclusive
+link, which is the moment its rows become recorded), then the header with
+counters derived from what was published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ._columns import Column, concat_columns, encode_column, kind_for_encoding
+from ._errors import StoreError
+from ._store import ExecutionStore
+
+__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso"]
+
+#: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
+PART_ROWS = 1000
+PART_SECONDS = 2.0
+
+
+def now_iso() -> str:
+    import datetime as dt
+
+    return dt.datetime.now().isoformat(timespec="microseconds")
+
+
+class Committer:
+    """Owns ``execution.json`` and the result parts of one execution."""
+
+    def __init__(self, store: ExecutionStore, execution_id: str, header: dict[str, Any],
+                 outputs: list[tuple[str, Any]], log: logging.Logger) -> None:
+        self.store = store
+        self.id = execution_id
+        self.header = header
+        self.log = log
+        self.total = int(header["total"])
+        self._kinds = [(name, kind_for_encoding(enc.value)) for name, enc in outputs]
+        self._buffer: list[dict[str, Any]] = []
+        self._buffered_rows = 0
+        self._first_buffered = 0.0
+        self._seq = len(store.part_names(execution_id))
+        self.recorded = np.zeros(self.total, np.bool_)
+        self.failed = np.zeros(self.total, np.bool_)
+        self.completed_count = 0
+        self.failed_count = 0
+        #: Previous errors of rows being retried (``retry_failed``), kept in their record.
+        self.history: dict[int, str] | None = None
+
+    # state -------------------------------------------------------------------
+
+    def load_recorded(self) -> None:
+        """Rebuild counters from published parts (resume, retry)."""
+        row_map = self.store.row_map(self.id, self.total)
+        for k, name in enumerate(row_map.parts):
+            part = self.store.read_part(self.id, name)
+            index = part.column("index")[2]["values"]
+            latest = row_map.part_of[index] == k
+            errs = part.column("error_type")[2]["mask"]
+            self.recorded[index[latest]] = True
+            self.failed[index[latest]] = ~errs[latest]
+        self.completed_count = int(self.recorded.sum())
+        self.failed_count = int(self.failed.sum())
+
+    def set_state(self, state: str, **fields: Any) -> None:
+        self.header.update(state=state, **fields)
+        self.write_header()
+
+    def write_header(self) -> None:
+        self.header.update(completed=self.completed_count, failed=self.failed_count,
+                           updated=now_iso())
+        self.store.write_header(self.id, self.header)
+
+    def pending_indices(self) -> np.ndarray:
+        return np.flatnonzero(~self.recorded)
+
+    # buffering ---------------------------------------------------------------
+
+    def add(self, payload: dict[str, Any], attempts: dict[int, int]) -> None:
+        """Buffer a chunk result from a worker (see ``Runtime.run_rows``)."""
+        payload["attempts"] = [attempts.get(i, 0) + 1 for i in payload["index"]]
+        self._push(payload)
+
+    def add_failure(self, index: int, error_type: str, message: str, attempts: int,
+                    pid: int = 0, started: float = 0.0) -> None:
+        """Record a row the engine failed itself (worker died, row timed out)."""
+        now = time.time()
+        payload = {
+            "index": [index], "started": [started or now], "ended": [now],
+            "errors": [(error_type, message, "")], "console": [None],
+            "outputs": {name: encode_column(kind, [None]) for name, kind in self._kinds},
+            "artifacts": {}, "pid": pid, "attempts": [attempts],
+        }
+        self._push(payload)
+
+    def _push(self, payload: dict[str, Any]) -> None:
+        if self.history:
+            payload["history"] = [self.history.get(i) for i in payload["index"]]
+        if not self._buffer:
+            self._first_buffered = time.monotonic()
+        self._buffer.append(payload)
+        self._buffered_rows += len(payload["index"])
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered_rows
+
+    def due(self) -> bool:
+        return bool(self._buffer) and (
+            self._buffered_rows >= PART_ROWS
+            or time.monotonic() - self._first_buffered >= PART_SECONDS)
+
+    # committing --------------------------------------------------------------
+
+    def commit(self) -> int:
+        """Publish everything buffered as one part; returns the rows committed."""
+        if not self._buffer:
+            return 0
+        batch, self._buffer, self._buffered_rows = self._buffer, [], 0
+        for payload in batch:
+            for index, files in payload["artifacts"].items():
+                if files:
+                    self._write_artifacts(index, files)
+        columns, index = self._columns(batch)
+        try:
+            self.store.write_part(self.store.path(self.id) / "results", self._seq, columns,
+                                  len(index))
+        except OSError as exc:
+            raise StoreError(getattr(exc, "errno", None) or 5, f"cannot commit part: {exc}"
+                             ) from exc
+        self._seq += 1
+        errs = ~columns["error_type"][2]["mask"]
+        newly = ~self.recorded[index]
+        self.completed_count += int(newly.sum())
+        self.failed_count += int(errs.sum()) - int(self.failed[index].sum())
+        self.recorded[index] = True
+        self.failed[index] = errs
+        self.write_header()
+        return len(index)
+
+    def _write_artifacts(self, index: int, files: dict[str, bytes]) -> None:
+        try:
+            self.store.write_artifacts(self.id, index, files)
+        except OSError as exc:
+            raise StoreError(getattr(exc, "errno", None) or 5,
+                             f"cannot write artifacts of row {index}: {exc}") from exc
+
+    def _columns(self, batch: list[dict[str, Any]]) -> tuple[dict[str, Column], np.ndarray]:
+        index = np.concatenate([np.asarray(p["index"], np.int64) for p in batch])
+        n = len(index)
+        pids = np.concatenate([np.full(len(p["index"]), p["pid"], np.int64) for p in batch])
+        errors = [e for p in batch for e in p["errors"]]
+        history = [h for p in batch for h in p.get("history", [None] * len(p["index"]))]
+        columns: dict[str, Column] = {
+            "index": ("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
+            "attempts": encode_column("int", [a for p in batch for a in p["attempts"]]),
+            "worker_pid": ("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
+            "started": encode_column("float", [t for p in batch for t in p["started"]]),
+            "ended": encode_column("float", [t for p in batch for t in p["ended"]]),
+            "error_type": encode_column("str", [e and e[0] for e in errors]),
+            "error_message": encode_column("str", [e and e[1] for e in errors]),
+            "traceback": encode_column("str", [e and e[2] for e in errors]),
+            "console": encode_column("str", [c for p in batch for c in p["console"]]),
+            "history": encode_column("str", history),
+        }
+        for name, _ in self._kinds:
+            columns[f"out.{name}"] = concat_columns([p["outputs"][name] for p in batch])
+        return columns, index
+
+
+def history_entry(previous: list[Any] | None, error: str, version: str) -> str:
+    items = list(previous or [])
+    items.append({"error": error, "version": version, "at": now_iso()})
+    return json.dumps(items)

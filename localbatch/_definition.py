@@ -1,0 +1,120 @@
+"""The SDK's fluent builders: ``client.service(name)....deploy()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._errors import InvalidServiceError
+
+if TYPE_CHECKING:
+    from ._client import Operationalization
+    from ._service import Service
+
+__all__ = ["OperationalizationDefinition", "RealtimeDefinition", "ServiceDefinition"]
+
+
+class OperationalizationDefinition:
+    """Base builder: each setter stores one value and returns the builder."""
+
+    _keys: tuple[str, ...] = ("version", "alias", "description")
+
+    def __init__(self, name: str, op: Operationalization) -> None:
+        self.name = name
+        self.op = op
+        self._defs: dict[str, Any] = {k: None for k in self._keys}
+
+    def version(self, version: str) -> OperationalizationDefinition:
+        self._defs["version"] = version
+        return self
+
+    def alias(self, alias: str) -> OperationalizationDefinition:
+        self._defs["alias"] = alias
+        return self
+
+    def description(self, description: str) -> OperationalizationDefinition:
+        self._defs["description"] = description
+        return self
+
+    def __str__(self) -> str:
+        body = "\n".join(f"   {k}: {v!r}" for k, v in self._defs.items())
+        return f"<{type(self).__name__}> {self.name}\n{body}"
+
+
+class ServiceDefinition(OperationalizationDefinition):
+    """Builder of a standard (code) service, as in the SDK."""
+
+    _keys = ("version", "alias", "description", "code_str", "init_str", "code_fn", "init_fn",
+             "objects", "models", "inputs", "outputs", "artifacts", "vectorized")
+
+    def code_fn(self, code: Callable[..., Any], init: Callable[..., Any] | None = None
+                ) -> ServiceDefinition:
+        self._defs["code_fn"], self._defs["init_fn"] = code, init
+        return self
+
+    def code_str(self, code: str, init: str | None = None) -> ServiceDefinition:
+        self._defs["code_str"], self._defs["init_str"] = code, init
+        return self
+
+    def _merge(self, key: str, values: dict[str, Any]) -> ServiceDefinition:
+        self._defs[key] = {**(self._defs[key] or {}), **values}
+        return self
+
+    def objects(self, **objects: Any) -> ServiceDefinition:
+        return self._merge("objects", objects)
+
+    def models(self, **models: Any) -> ServiceDefinition:
+        return self._merge("models", models)
+
+    def inputs(self, **inputs: Any) -> ServiceDefinition:
+        return self._merge("inputs", inputs)
+
+    def outputs(self, **outputs: Any) -> ServiceDefinition:
+        return self._merge("outputs", outputs)
+
+    def artifacts(self, artifacts: Iterable[str] | None) -> ServiceDefinition:
+        if artifacts is None:
+            return self
+        if isinstance(artifacts, str):
+            raise InvalidServiceError("artifacts() takes a list of file names: use "
+                                      f".artifacts([{artifacts!r}]) or .artifact({artifacts!r})")
+        self._defs["artifacts"] = [*(self._defs["artifacts"] or []), *artifacts]
+        return self
+
+    def artifact(self, artifact: str) -> ServiceDefinition:
+        return self.artifacts([artifact])
+
+    def vectorized(self, enabled: bool = True) -> ServiceDefinition:
+        """Beyond the SDK: call the code once per chunk with columns (pandas Series)."""
+        self._defs["vectorized"] = bool(enabled)
+        return self
+
+    def deploy(self) -> Service:
+        return self.op.deploy_service(self.name, **self._options())
+
+    def redeploy(self, force: bool = False) -> Service:
+        return self.op.redeploy_service(self.name, force=force, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return {k: v for k, v in self._defs.items() if v is not None}
+
+
+class RealtimeDefinition(OperationalizationDefinition):
+    """Builder of a realtime service: one fitted model with ``.predict(DataFrame)``."""
+
+    _keys = ("version", "alias", "description", "serialized_model")
+
+    def serialized_model(self, model: Any) -> RealtimeDefinition:
+        if self._defs["serialized_model"] is not None:
+            raise InvalidServiceError("The realtime service should have one and only one model.")
+        self._defs["serialized_model"] = model
+        return self
+
+    def deploy(self) -> Service:
+        return self.op.deploy_realtime(self.name, **self._options())
+
+    def redeploy(self, force: bool = False) -> Service:
+        return self.op.redeploy_realtime(self.name, force=force, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return {k: v for k, v in self._defs.items() if v is not None}

@@ -1,0 +1,178 @@
+"""Engines: where a batch's rows run. A small seam with interchangeable backends.
+
+- ``local`` (default): supervised worker processes on this machine;
+- ``inline``: rows run in the calling thread, one after another, during
+  ``start()``: the same results, errors, console capture and artifacts, for
+  debugging with breakpoints and the fastest unit tests. There is no crash
+  isolation there: a row that kills its process kills the caller;
+- ``dask``: chunks of rows on a Dask cluster (``localbatch[dask]``), results
+  committed to the same local store. Imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ._commit import Committer, now_iso
+from ._errors import ConfigurationError, StoreError
+from ._logging import close_execution_logger
+from ._registry import Registry, ServiceRecord
+from ._runner import BatchOptions, Supervisor, input_chunks
+from ._store import ExecutionStore, OwnerLock
+from ._worker import Runtime
+
+__all__ = ["Engine", "InlineEngine", "LocalEngine", "RunContext", "RunHandle", "get_engine"]
+
+
+@dataclass
+class RunContext:
+    """Everything an engine needs to run the unrecorded rows of one execution."""
+
+    store: ExecutionStore
+    record: ServiceRecord
+    committer: Committer
+    lock: OwnerLock
+    options: BatchOptions
+    log: Any
+
+
+class RunHandle(ABC):
+    """What the facade waits on or cancels."""
+
+    done: threading.Event
+
+    @abstractmethod
+    def cancel(self, timeout: float | None = None) -> bool: ...
+
+
+class Engine(ABC):
+    """Runs an execution's pending rows and commits them through ``ctx.committer``."""
+
+    #: Name used in ``svc.batch(..., engine=name)``.
+    name: ClassVar[str]
+    #: Whether rows are isolated from the caller (a crash is charged to the row).
+    isolates_rows: ClassVar[bool] = True
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> RunHandle: ...
+
+
+class _SupervisorHandle(RunHandle):
+    def __init__(self, sup: Supervisor) -> None:
+        self._sup = sup
+        self.done = sup.done
+
+    def cancel(self, timeout: float | None = None) -> bool:
+        return self._sup.cancel(timeout)
+
+
+class LocalEngine(Engine):
+    """Supervised worker processes (see ``_runner``)."""
+
+    name = "local"
+
+    def run(self, ctx: RunContext) -> RunHandle:
+        sup = Supervisor(ctx.store, ctx.record, ctx.committer, ctx.lock, ctx.options, ctx.log)
+        sup.start()
+        return _SupervisorHandle(sup)
+
+
+class _DoneHandle(RunHandle):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.done.set()
+
+    def cancel(self, timeout: float | None = None) -> bool:
+        return True
+
+
+_RUNTIMES: dict[str, Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def _inline_runtime(record: ServiceRecord, limits: dict[str, int]) -> Runtime:
+    """One initialised runtime per revision in this process (init runs once)."""
+    key = f"{record.path}|{sorted(limits.items())}"
+    with _RUNTIMES_LOCK:
+        runtime = _RUNTIMES.get(key)
+        if runtime is None:
+            runtime = Runtime(record.manifest, Registry.read_blobs(record), limits or None)
+            runtime.initialize()
+            _RUNTIMES[key] = runtime
+        return runtime
+
+
+class InlineEngine(Engine):
+    """Rows in the calling thread, during ``start()``. No crash isolation."""
+
+    name = "inline"
+    isolates_rows = False
+    chunk_rows = 1000
+
+    def run(self, ctx: RunContext) -> RunHandle:
+        committer = ctx.committer
+        try:
+            self._run(ctx)
+        except StoreError as exc:
+            committer.set_state("Failed", error=f"StoreError: {exc}", resumable=True,
+                                ended=now_iso())
+        finally:
+            ctx.lock.release()
+            close_execution_logger(ctx.log)
+        return _DoneHandle()
+
+    def _run(self, ctx: RunContext) -> None:
+        committer = ctx.committer
+        try:
+            runtime = _inline_runtime(ctx.record, ctx.options.limits)
+        except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error
+            committer.set_state("Failed", error=f"init failed: {type(exc).__name__}: {exc}",
+                                resumable=False, ended=now_iso())
+            return
+        committer.set_state("InProgress", started=now_iso())
+        for indices, columns in input_chunks(ctx.store, committer.id, ctx.record.inputs,
+                                             committer.recorded):
+            for start in range(0, len(indices), self.chunk_rows):
+                if ctx.store.cancel_requested(committer.id):
+                    committer.commit()
+                    committer.set_state("Canceled", ended=now_iso(), resumable=False)
+                    return
+                stop = start + self.chunk_rows
+                payload = runtime.run_rows(indices[start:stop],
+                                           {k: v[start:stop] for k, v in columns.items()})
+                committer.add(payload, {})
+                if committer.due():
+                    committer.commit()
+        committer.commit()
+        committer.set_state("Complete", ended=now_iso())
+
+
+ENGINES: dict[str, type[Engine]] = {"local": LocalEngine, "inline": InlineEngine}
+
+
+def get_engine(engine: Any) -> Engine:
+    """An engine from a name, an Engine, or a ``dask.distributed.Client``."""
+    if engine is None or engine == "local":
+        return LocalEngine()
+    if isinstance(engine, Engine):
+        return engine
+    if isinstance(engine, str):
+        if engine == "dask":
+            from ._dask import DaskEngine
+
+            return DaskEngine()
+        cls = ENGINES.get(engine)
+        if cls is None:
+            raise ConfigurationError(
+                f"unknown engine {engine!r}: use 'local', 'inline', 'dask' or a "
+                "dask.distributed.Client")
+        return cls()
+    if type(engine).__module__.startswith("distributed"):
+        from ._dask import DaskEngine
+
+        return DaskEngine(engine)
+    raise ConfigurationError(f"engine must be 'local', 'inline' or a dask.distributed.Client, "
+                             f"not {type(engine).__name__}")

@@ -1,0 +1,131 @@
+"""Filesystem primitives: atomic writes, safe path components, private folders.
+
+Every write in the store goes through :func:`atomic_write` (temp file in the same
+folder, then ``os.replace``) or :func:`publish_exclusive` (temp file, then
+``os.link``, which fails if the name exists: an exclusive claim with full content).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from ._errors import StoreCorruptedError, StoreError
+
+__all__ = [
+    "atomic_write",
+    "decode_component",
+    "encode_component",
+    "make_private_dir",
+    "publish_exclusive",
+    "read_json",
+    "sha256",
+    "write_json",
+]
+
+#: Set LOCALBATCH_FSYNC=1 for power-loss durability (files and folders fsynced).
+FSYNC = os.environ.get("LOCALBATCH_FSYNC", "") not in ("", "0")
+
+
+def encode_component(text: str) -> str:
+    """A user-given name as one safe path component (reversible)."""
+    enc = quote(text, safe="")
+    # A leading dot would hide the folder and "." / ".." must never appear.
+    return "%2E" + enc[1:] if enc.startswith(".") else enc
+
+
+def decode_component(text: str) -> str:
+    return unquote(text)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) readable by the owner only."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:12]}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if FSYNC:
+                fh.flush()
+                os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``; readers see the old or the new file, never half."""
+    try:
+        tmp = _write_temp(path, data)
+        os.replace(tmp, path)
+        if FSYNC:
+            _fsync_dir(path.parent)
+    except OSError as exc:
+        raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def publish_exclusive(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists; False if someone else won."""
+    try:
+        tmp = _write_temp(path, data)
+    except OSError as exc:
+        raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        os.link(tmp, path)
+        if FSYNC:
+            _fsync_dir(path.parent)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StoreError(exc.errno, f"cannot publish {path}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, default=str).encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StoreError(exc.errno, f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise StoreCorruptedError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

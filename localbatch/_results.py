@@ -1,0 +1,247 @@
+"""Reading an execution's results: one row, a whole table, the failed rows.
+
+Reads part files only; nothing here unpickles or runs user code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._columns import Column, Part, decode_all, decode_one
+from ._schema import EncodingType
+from ._store import ExecutionStore, RowMap
+
+__all__ = ["ResultReader", "RowRecord"]
+
+
+@dataclass
+class RowRecord:
+    """One row's recorded result, as stored (outputs still raw)."""
+
+    index: int
+    outputs: dict[str, Any]
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    console: str
+    attempts: int
+    worker_pid: int
+    started: float
+    ended: float
+    history: list[dict[str, Any]]
+
+    @property
+    def error(self) -> str:
+        if self.error_type is None:
+            return ""
+        return f"{self.error_type}: {self.error_message}" if self.error_message else \
+            self.error_type
+
+
+class ResultReader:
+    """Reads rows of one execution; a snapshot of the parts published so far."""
+
+    def __init__(self, store: ExecutionStore, execution_id: str, header: dict[str, Any],
+                 outputs: list[tuple[str, EncodingType]], inputs: list[tuple[str, EncodingType]]
+                 ) -> None:
+        self.store = store
+        self.id = execution_id
+        self.total = int(header["total"])
+        self.outputs = outputs
+        self.inputs = inputs
+        self._map: RowMap | None = None
+
+    @property
+    def row_map(self) -> RowMap:
+        if self._map is None:
+            self._map = self.store.row_map(self.id, self.total)
+        return self._map
+
+    def recorded(self, index: int) -> bool:
+        return self.row_map.locate(index) is not None
+
+    def row(self, index: int) -> RowRecord:
+        part, pos = self.store.read_row(self.id, self.row_map, index)
+        outputs = {name: decode_one(part.column(f"out.{name}"), pos) for name, _ in self.outputs}
+        history = decode_one(part.column("history"), pos)
+        return RowRecord(
+            index=index, outputs=outputs,
+            error_type=decode_one(part.column("error_type"), pos),
+            error_message=decode_one(part.column("error_message"), pos),
+            traceback=decode_one(part.column("traceback"), pos),
+            console=decode_one(part.column("console"), pos) or "",
+            attempts=decode_one(part.column("attempts"), pos) or 1,
+            worker_pid=decode_one(part.column("worker_pid"), pos) or 0,
+            started=decode_one(part.column("started"), pos) or 0.0,
+            ended=decode_one(part.column("ended"), pos) or 0.0,
+            history=json.loads(history) if history else [],
+        )
+
+    # whole tables -----------------------------------------------------------------
+
+    def _parts(self) -> list[Part]:
+        return [self.store.read_part(self.id, name) for name in self.row_map.parts]
+
+    def _latest(self, parts: list[Part]) -> tuple[np.ndarray, np.ndarray]:
+        """(row index, position in the concatenated parts) of each row's latest record."""
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        index = np.concatenate([p.column("index")[2]["values"] for p in parts])
+        rows, first_rev = np.unique(index[::-1], return_index=True)
+        return rows, len(index) - 1 - first_rev
+
+    def labels(self) -> np.ndarray:
+        chunks = [decode_all(p.column("label")) for p in self.store.iter_inputs(self.id)]
+        return np.asarray([v for c in chunks for v in c], dtype=object)
+
+    def inputs_frame(self, rows: np.ndarray) -> Any:
+        import pandas as pd
+
+        data: dict[str, list[Any]] = {name: [] for name, _ in self.inputs}
+        for part in self.store.iter_inputs(self.id):
+            for name, _ in self.inputs:
+                data[name].extend(decode_all(part.column(f"in.{name}")))
+        return pd.DataFrame({k: [v[i] for i in rows.tolist()] for k, v in data.items()})
+
+    def to_frame(self) -> Any:
+        """One row per recorded input row, in input order (see ``BatchResponse.to_frame``)."""
+        import pandas as pd
+
+        parts = self._parts()
+        rows, pos = self._latest(parts)
+        labels = self.labels()[rows] if len(rows) else np.zeros(0, object)
+        data: dict[str, Any] = {}
+        longs: list[tuple[str, np.ndarray, Any]] = []
+        for name, enc in self.outputs:
+            cols = [p.column(f"out.{name}") for p in parts]
+            if enc is EncodingType.dataframe:
+                nrows, long = _frame_table(cols)
+                nrows = nrows[pos]
+                if (nrows > 1).any():
+                    longs.append((name, nrows, _take_long(long, _concat_counts(cols), pos)))
+                    continue
+                data.update(_one_row_columns(name, long, cols, pos, nrows))
+            else:
+                data[name] = _scalar_values(cols, pos, enc)
+        err = [_concat_str(p.column("error_type") for p in parts),
+               _concat_str(p.column("error_message") for p in parts)]
+        data["error"] = [None if t is None else (f"{t}: {m}" if m else t)
+                         for t, m in zip(err[0][pos].tolist(), err[1][pos].tolist(), strict=False)]
+        index = pd.Index(_clean_labels(labels), name="index")
+        frame = pd.DataFrame(data, index=index)
+        if longs:
+            return _long_frame(frame, longs)
+        return frame
+
+    def failed_frame(self) -> Any:
+        import pandas as pd
+
+        parts = self._parts()
+        rows, pos = self._latest(parts)
+        etype = _concat_str(p.column("error_type") for p in parts)[pos]
+        bad = np.flatnonzero(np.asarray([t is not None for t in etype.tolist()], bool))
+        labels = self.labels()[rows[bad]] if len(bad) else np.zeros(0, object)
+        frame = self.inputs_frame(rows[bad])
+        frame.index = pd.Index(_clean_labels(labels), name="index")
+        frame["error_type"] = etype[bad].tolist()
+        frame["error_message"] = _concat_str(
+            p.column("error_message") for p in parts)[pos][bad].tolist()
+        attempts = np.concatenate([p.column("attempts")[2]["values"] for p in parts]) \
+            if parts else np.zeros(0, np.int64)
+        frame["attempts"] = attempts[pos][bad]
+        frame.insert(0, "row", rows[bad])
+        return frame
+
+
+def _clean_labels(labels: np.ndarray) -> list[Any]:
+    return labels.tolist()
+
+
+def _concat_str(cols: Any) -> np.ndarray:
+    values: list[Any] = []
+    for col in cols:
+        values.extend(decode_all(col))
+    return np.asarray(values, dtype=object)
+
+
+def _scalar_values(cols: list[Column], pos: np.ndarray, enc: EncodingType) -> Any:
+    kind = cols[0][0] if cols else "float"
+    if kind in ("float", "int", "bool") and cols:
+        values = np.concatenate([c[2]["values"] for c in cols])[pos]
+        mask = np.concatenate([c[2]["mask"] for c in cols])[pos]
+        if not mask.any():
+            return values
+        if kind == "float":
+            out = values.astype(np.float64)
+            out[mask] = np.nan
+            return out
+        obj = values.astype(object)
+        obj[mask] = None
+        return obj
+    values = np.asarray([v for c in cols for v in decode_all(c)] + [None], dtype=object)[:-1]
+    picked = values[pos]
+    if enc in (EncodingType.vector, EncodingType.matrix):
+        return [None if v is None else v for v in picked.tolist()]
+    return picked
+
+
+def _concat_counts(cols: list[Column]) -> np.ndarray:
+    return np.concatenate([c[2]["nrows"] for c in cols]) if cols else np.zeros(0, np.int64)
+
+
+def _frame_table(cols: list[Column]) -> tuple[np.ndarray, Any]:
+    """Per-record row counts and the concatenated long table of a frame output."""
+    import pandas as pd
+
+    longs = []
+    for col in cols:
+        values = [v for v in decode_all(col) if v is not None]
+        if values:
+            longs.append(pd.concat(values, ignore_index=True, sort=False)
+                         if len(values) > 1 else values[0])
+    long = pd.concat(longs, ignore_index=True, sort=False) if longs else pd.DataFrame()
+    return _concat_counts(cols), long
+
+
+def _one_row_columns(name: str, long: Any, cols: list[Column], pos: np.ndarray,
+                     nrows: np.ndarray) -> dict[str, Any]:
+    counts = np.maximum(_concat_counts(cols), 0)
+    starts = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    out: dict[str, Any] = {}
+    have = nrows == 1
+    take = starts[pos][have]
+    for column in long.columns:
+        values = np.full(len(pos), None, dtype=object)
+        values[have] = long[column].to_numpy()[take]
+        series_like = values
+        if have.all():
+            series_like = long[column].to_numpy()[take]
+        out[f"{name}.{column}"] = series_like
+    return out
+
+
+def _take_long(long: Any, counts: np.ndarray, pos: np.ndarray) -> Any:
+    counts = np.maximum(counts, 0)
+    starts = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    pieces = [np.arange(starts[p], starts[p] + counts[p]) for p in pos.tolist()]
+    return long.iloc[np.concatenate(pieces) if pieces else []].reset_index(drop=True)
+
+
+def _long_frame(frame: Any, longs: list[tuple[str, np.ndarray, Any]]) -> Any:
+    """Multi-row DataFrame outputs: one row per (input index, position)."""
+    import pandas as pd
+
+    name, nrows, long = longs[0]
+    counts = np.maximum(nrows, 0)
+    repeat = np.repeat(np.arange(len(frame)), counts)
+    base = frame.iloc[repeat].copy()
+    position = np.concatenate([np.arange(c) for c in counts]) if len(counts) else []
+    base.index = pd.MultiIndex.from_arrays([frame.index[repeat], position],
+                                           names=["index", "position"])
+    for column in long.columns:
+        base[f"{name}.{column}"] = long[column].to_numpy()
+    return base

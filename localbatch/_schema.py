@@ -1,0 +1,412 @@
+"""Declared types, lossless casting and record validation.
+
+One casting function serves consume, batch and the command line. The SDK's
+table is kept (``int`` → ``integer``, ``float`` → ``numeric``, ...) with its bug
+fixed: a cast that would lose information (2.9 → int, "False" → bool, 3 → str)
+is an error naming the input and the value.
+
+Missing values follow one rule for every declared type: ``None``, ``pd.NA``
+and ``NaT`` mean "missing" and reach the function as ``None``. A float ``NaN``
+is a value for ``float`` inputs (it stays ``NaN``) and "missing" (``None``) for
+every other type, because pandas stores missing ints, bools and strings as NaN.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import numbers
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidServiceError, LocalBatchWarning, SchemaError
+
+__all__ = [
+    "EncodingType",
+    "InputTable",
+    "cast_column",
+    "cast_value",
+    "check_input_name",
+    "encoding_of",
+    "normalize_records",
+]
+
+
+class EncodingType(Enum):
+    """The SDK's server-side types, with its Python ↔ server conversions."""
+
+    integer = "integer"
+    numeric = "numeric"
+    character = "character"
+    logical = "logical"
+    vector = "vector"
+    matrix = "matrix"
+    dataframe = "data.frame"
+
+    def __str__(self) -> str:
+        return f"<EncodingType> {self.value}"
+
+    def describe(self) -> tuple[str, str]:
+        return self.name, self.value
+
+    @classmethod
+    def from_python(cls, value: Any) -> EncodingType | None:
+        """Server type for a Python type or type name, ``None`` if unsupported."""
+        name = getattr(value, "__name__", value)
+        return _FROM_PYTHON.get(name) if isinstance(name, str) else None
+
+    @classmethod
+    def to_python(cls, value: Any) -> str | None:
+        """Display name of the Python type for a server type (or its name)."""
+        enc = _coerce(value)
+        return None if enc is None else _TO_PYTHON[enc]
+
+    @classmethod
+    def cast_from_python(cls, server_type: Any, value: Any, name: str = "value") -> Any:
+        """Cast a client value for a declared type, losslessly (raises SchemaError)."""
+        enc = _coerce(server_type)
+        if enc is None:
+            raise SchemaError(f"unknown encoding type {server_type!r}")
+        return cast_value(enc, value, name)
+
+    @classmethod
+    def cast_to_python(cls, server_type: Any, value: Any) -> Any:
+        """Turn a stored/raw output value into the Python value users get."""
+        enc = _coerce(server_type)
+        if value is None or enc is None:
+            return value
+        return _to_python_value(enc, value)
+
+
+_FROM_PYTHON: dict[str, EncodingType] = {
+    "int": EncodingType.integer,
+    "float": EncodingType.numeric,
+    "str": EncodingType.character,
+    "bool": EncodingType.logical,
+    "array": EncodingType.vector,
+    "numpy.array": EncodingType.vector,
+    "ndarray": EncodingType.vector,
+    "numpy.ndarray": EncodingType.vector,
+    "list": EncodingType.vector,
+    "matrix": EncodingType.matrix,
+    "numpy.matrix": EncodingType.matrix,
+    "DataFrame": EncodingType.dataframe,
+    "pandas.DataFrame": EncodingType.dataframe,
+}
+
+_TO_PYTHON = {
+    EncodingType.integer: "int",
+    EncodingType.numeric: "float",
+    EncodingType.character: "str",
+    EncodingType.logical: "bool",
+    EncodingType.vector: "numpy.array",
+    EncodingType.matrix: "numpy.matrix",
+    EncodingType.dataframe: "pandas.DataFrame",
+}
+
+
+def _coerce(value: Any) -> EncodingType | None:
+    if isinstance(value, EncodingType):
+        return value
+    try:
+        return EncodingType(value)
+    except ValueError:
+        return None
+
+
+def encoding_of(type_: Any, name: str) -> EncodingType:
+    """Deploy-time check of a declared type (SDK message kept)."""
+    enc = EncodingType.from_python(type_)
+    if enc is None:
+        raise InvalidServiceError(
+            f'Invalid `encoding` type "{type_}" for "{name}": use one of float, int, bool, '
+            "str, numpy.array, numpy.matrix, pandas.DataFrame (as types or strings)"
+        )
+    return enc
+
+
+def check_input_name(name: str) -> None:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise InvalidServiceError(
+            f"input/output name {name!r} must be a Python identifier and not a keyword"
+        )
+
+
+# -- casting one value ------------------------------------------------------
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    # pd.NA and NaT compare oddly; recognise them without importing pandas here.
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _fail(enc: EncodingType, name: str, value: Any, why: str = "") -> SchemaError:
+    what = _TO_PYTHON[enc]
+    extra = f" ({why})" if why else ""
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    # `name` may carry its role ("output 'answer'"); a bare name is an input.
+    label = name if " " in name else f"input {name!r}"
+    return SchemaError(
+        f"Invalid {label}: {shown} of type {type(value).__name__} cannot be "
+        f"cast losslessly to {what}{extra}"
+    )
+
+
+def _cast_float(value: Any, name: str) -> Any:
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise _fail(EncodingType.numeric, name, value, "a bool is not a number here")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise _fail(EncodingType.numeric, name, value)
+
+
+def _cast_int(value: Any, name: str) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        raise _fail(EncodingType.integer, name, value, "a bool is not a number here")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    raise _fail(EncodingType.integer, name, value)
+
+
+def _cast_str(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        return str(value)
+    raise _fail(EncodingType.character, name, value)
+
+
+def _cast_bool(value: Any, name: str) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise _fail(EncodingType.logical, name, value)
+
+
+def _cast_vector(value: Any, name: str) -> Any:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(
+        value, (Sequence, np.ndarray)
+    ) and not hasattr(value, "to_numpy"):
+        raise _fail(EncodingType.vector, name, value)
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise _fail(EncodingType.vector, name, value, f"{arr.ndim}-dimensional")
+    return arr
+
+
+def _cast_matrix(value: Any, name: str) -> Any:
+    if isinstance(value, (str, bytes, Mapping)):
+        raise _fail(EncodingType.matrix, name, value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:
+        raise _fail(EncodingType.matrix, name, value, str(exc))
+    if arr.ndim != 2:
+        raise _fail(EncodingType.matrix, name, value, f"{arr.ndim}-dimensional")
+    return arr
+
+
+def _cast_frame(value: Any, name: str) -> Any:
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return pd.DataFrame(dict(value))
+        except ValueError as exc:
+            raise _fail(EncodingType.dataframe, name, value, str(exc))
+    raise _fail(EncodingType.dataframe, name, value)
+
+
+_CASTS = {
+    EncodingType.numeric: _cast_float,
+    EncodingType.integer: _cast_int,
+    EncodingType.character: _cast_str,
+    EncodingType.logical: _cast_bool,
+    EncodingType.vector: _cast_vector,
+    EncodingType.matrix: _cast_matrix,
+    EncodingType.dataframe: _cast_frame,
+}
+
+
+def cast_value(enc: EncodingType, value: Any, name: str) -> Any:
+    """Cast one value losslessly to ``enc``; missing values follow the module's rule."""
+    if enc in _SCALARS and _is_missing(value):
+        # NaN is a value of a float input; for every other type it means "missing".
+        return value if enc is EncodingType.numeric and isinstance(value, float) else None
+    if value is None:
+        return None
+    return _CASTS[enc](value, name)
+
+
+_SCALARS = frozenset(
+    (EncodingType.numeric, EncodingType.integer, EncodingType.character, EncodingType.logical)
+)
+
+
+def _to_python_value(enc: EncodingType, value: Any) -> Any:
+    if enc is EncodingType.numeric:
+        return float(value)
+    if enc is EncodingType.integer:
+        return int(value)
+    if enc is EncodingType.logical:
+        return bool(value)
+    if enc is EncodingType.vector:
+        return np.asarray(value)
+    if enc is EncodingType.matrix:
+        with warnings.catch_warnings():
+            # numpy.matrix is what the SDK returns; its deprecation notice is not the user's.
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            return np.matrix(value)
+    if enc is EncodingType.dataframe:
+        import pandas as pd
+
+        return value if isinstance(value, pd.DataFrame) else pd.DataFrame(value)
+    return value
+
+
+# -- casting a whole column ---------------------------------------------------
+
+
+def cast_column(enc: EncodingType, values: Any, name: str, offset: int = 0) -> list[Any]:
+    """Cast a column (pandas Series, array or list); errors name the row position."""
+    fast = _fast_column(enc, values)
+    if fast is not None:
+        return fast
+    seq = values.tolist() if hasattr(values, "tolist") and enc not in (
+        EncodingType.dataframe, EncodingType.vector, EncodingType.matrix) else list(values)
+    out = []
+    for pos, value in enumerate(seq):
+        try:
+            out.append(cast_value(enc, value, name))
+        except SchemaError as exc:
+            raise SchemaError(f"row {pos + offset}: {exc}") from None
+    return out
+
+
+def _fast_column(enc: EncodingType, values: Any) -> list[Any] | None:
+    """Vectorised casts for the common numpy dtypes; None means take the slow path."""
+    dtype = getattr(values, "dtype", None)
+    if dtype is None or not isinstance(dtype, np.dtype):
+        return None
+    kind = dtype.kind
+    if enc is EncodingType.numeric and kind in "fiu":
+        return np.asarray(values, dtype=np.float64).tolist()
+    if enc is EncodingType.integer and kind in "iu":
+        return np.asarray(values).tolist()
+    if enc is EncodingType.logical and kind == "b":
+        return np.asarray(values).tolist()
+    return None
+
+
+# -- whole record sets ---------------------------------------------------------
+
+
+@dataclass
+class InputTable:
+    """Validated batch input: cast columns in the service's input order."""
+
+    columns: dict[str, list[Any]]
+    index: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def normalize_records(records: Any, inputs: Sequence[tuple[str, EncodingType]]) -> InputTable:
+    """Validate and cast records of any accepted form; nothing runs on failure."""
+    if not inputs:
+        raise SchemaError("Attempt to batch a service with void inputs.")
+    import pandas as pd
+
+    if isinstance(records, pd.DataFrame):
+        return _from_frame(records, inputs)
+    if isinstance(records, Mapping):
+        return _from_dict(records, inputs)
+    if isinstance(records, (list, tuple)) and all(isinstance(r, Mapping) for r in records):
+        return _from_record_list(list(records), inputs)
+    raise TypeError(
+        f"records of type {type(records).__name__} are not accepted: pass a pandas "
+        "DataFrame, a dict of equal-length lists, a list of record dicts, or the path of "
+        "a .csv/.tsv file"
+    )
+
+
+def _check_columns(present: Sequence[Any], inputs: Sequence[tuple[str, EncodingType]]) -> None:
+    seen: set[Any] = set()
+    dups = sorted({str(c) for c in present if c in seen or seen.add(c)})
+    if dups:
+        raise SchemaError(f"duplicate columns in records: {', '.join(dups)}")
+    missing = [n for n, _ in inputs if n not in seen]
+    if missing:
+        lower = {str(c).lower(): c for c in present}
+        hints = [f"{m!r} (did you mean {lower[m.lower()]!r}?)" if m.lower() in lower else repr(m)
+                 for m in missing]
+        raise SchemaError(f"records are missing input column(s): {', '.join(hints)}")
+    extra = [str(c) for c in present if c not in {n for n, _ in inputs}]
+    if extra:
+        warnings.warn(f"ignoring columns that are not service inputs: {', '.join(extra)}",
+                      LocalBatchWarning, stacklevel=4)
+
+
+def _from_frame(frame: Any, inputs: Sequence[tuple[str, EncodingType]]) -> InputTable:
+    import pandas as pd
+
+    if isinstance(frame.columns, pd.MultiIndex):
+        raise SchemaError("records have MultiIndex columns: flatten them to input names")
+    _check_columns(list(frame.columns), inputs)
+    if len(frame) == 0:
+        raise SchemaError("no records: the input has 0 rows")
+    cols = {name: cast_column(enc, frame[name], name) for name, enc in inputs}
+    return InputTable(cols, frame.index.tolist())
+
+
+def _from_dict(records: Mapping[str, Any], inputs: Sequence[tuple[str, EncodingType]]
+               ) -> InputTable:
+    _check_columns(list(records), inputs)
+    lengths = {name: len(records[name]) for name, _ in inputs}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise SchemaError(
+            f'Record out of bounds ({detail}), all records must be of the same length.'
+        )
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise SchemaError("no records: the input lists are empty")
+    cols = {name: cast_column(enc, records[name], name) for name, enc in inputs}
+    return InputTable(cols, list(range(n)))
+
+
+def _from_record_list(
+    records: list[Mapping[str, Any]], inputs: Sequence[tuple[str, EncodingType]]
+) -> InputTable:
+    if not records:
+        raise SchemaError("no records: the input list is empty")
+    names = [n for n, _ in inputs]
+    cols: dict[str, list[Any]] = {n: [] for n in names}
+    warned = False
+    for pos, rec in enumerate(records):
+        missing = [n for n in names if n not in rec]
+        if missing:
+            raise SchemaError(f"record {pos} is missing input(s): {', '.join(map(repr, missing))}")
+        if not warned and len(rec) > len(names):
+            _check_columns(list(rec), inputs)
+            warned = True
+        for name, enc in inputs:
+            try:
+                cols[name].append(cast_value(enc, rec[name], name))
+            except SchemaError as exc:
+                raise SchemaError(f"row {pos}: {exc}") from None
+    return InputTable(cols, list(range(len(records))))

@@ -1,0 +1,530 @@
+"""Child side: load a service once, run ``init`` once, score chunks of rows.
+
+Run as a fresh interpreter calling :func:`main` (it never imports the caller's
+``__main__``), or forked from the zygote of the ``forkserver``
+start method. The same :class:`Runtime` runs rows for consume, batch, the
+inline engine and Dask workers.
+
+Protocol on the connection (pickled tuples)::
+
+    parent → worker   ("load", {"path": revision_dir} | {"manifest": ..., "blobs": ...})
+    worker → parent   ("ready", pid, init_seconds, init_console) | ("init_error", pid, error)
+    parent → worker   ("chunk", chunk_id, indices, columns)
+    worker → parent   ("result", chunk_id, payload)
+    parent → worker   ("stop",)
+
+While a row runs, the worker keeps ``(row index, start time)`` in a shared
+memory slot, so the supervisor can charge a death or a timeout to that row.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import dis
+import io
+import os
+import pickle
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._columns import encode_column, kind_for_encoding
+from ._errors import SchemaError, ServiceLoadError
+from ._schema import EncodingType, cast_value
+
+__all__ = ["Runtime", "Slot", "main", "run_inline"]
+
+SLOT = struct.Struct("<qd")
+#: Per-row caps that keep a runaway row from filling the disk.
+DEFAULT_LIMITS = {"console_bytes": 1 << 20, "artifact_bytes": 64 << 20}
+
+
+class Slot:
+    """Shared ``(row index, start time)`` of the row a worker is running (-1 when idle)."""
+
+    def __init__(self, path: str | None) -> None:
+        self._mm: Any = None
+        if path:
+            import mmap
+
+            fd = os.open(path, os.O_RDWR)
+            try:
+                self._mm = mmap.mmap(fd, SLOT.size)
+            finally:
+                os.close(fd)
+
+    def set(self, index: int, started: float) -> None:
+        if self._mm is not None:
+            SLOT.pack_into(self._mm, 0, index, started)
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def _writes_globals(code: types.CodeType) -> bool:
+    """Whether code (or code nested in it) can rebind a global name."""
+    if "globals" in code.co_names:
+        return True
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            return True
+    return any(isinstance(c, types.CodeType) and _writes_globals(c) for c in code.co_consts)
+
+
+def _rebind(fn: Any, ns: dict[str, Any]) -> Any:
+    new = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
+
+
+def _loads(blob: bytes, label: str, manifest: dict[str, Any]) -> Any:
+    import cloudpickle
+
+    try:
+        return cloudpickle.loads(blob)
+    except Exception as exc:
+        saved = manifest.get("versions", {})
+        here = ".".join(map(str, sys.version_info[:3]))
+        raise ServiceLoadError(
+            f"cannot load {label} of service {manifest['name']} {manifest['version']}: "
+            f"{type(exc).__name__}: {exc} (saved with Python {saved.get('python')}, "
+            f"cloudpickle {saved.get('cloudpickle')}; this is Python {here})") from exc
+
+
+class Runtime:
+    """A loaded service: its globals after ``init`` and the code that scores a row."""
+
+    def __init__(self, manifest: dict[str, Any], blobs: dict[str, bytes],
+                 limits: dict[str, int] | None = None) -> None:
+        self.manifest = manifest
+        self.inputs = [(d["name"], EncodingType(d["type"])) for d in manifest["inputs"]]
+        self.outputs = [(d["name"], EncodingType(d["type"])) for d in manifest["outputs"]]
+        self.artifacts: list[str] = list(manifest["artifacts"])
+        self.kind: str = manifest["kind"]
+        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self._blobs = blobs
+        self._call: Callable[[Sequence[Any]], Any] = _unloaded
+        self._multi_ok = len(self.outputs) > 1 or (
+            bool(self.outputs) and self.outputs[0][1] is not EncodingType.dataframe)
+
+    # init -----------------------------------------------------------------
+
+    def _globals_from_blobs(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for fname, blob in self._blobs.items():
+            group, _, rest = fname.partition("-")
+            if group in ("model", "object"):
+                values[rest[:-4]] = _loads(blob, f"{group} {rest[:-4]!r}", self.manifest)
+        return values
+
+    def initialize(self) -> float:
+        """Unpickle the service and run ``init`` once; returns init's duration."""
+        t0 = time.perf_counter()
+        values = self._globals_from_blobs()
+        if self.kind == "fn":
+            self._init_fn(values)
+        elif self.kind == "str":
+            self._init_str(values)
+        else:
+            model = values["model"]
+            self._call = lambda args: _predict(model, args[0])
+        self._blobs = {}
+        return time.perf_counter() - t0
+
+    def _init_fn(self, values: dict[str, Any]) -> None:
+        fn = _loads(self._blobs["code.pkl"], "code_fn", self.manifest)
+        # The function's own captured globals are shared with helpers pickled beside
+        # it, so models go into that dict: helpers then see them as globals too.
+        ns = fn.__globals__
+        ns.setdefault("__builtins__", builtins)
+        if "init.pkl" in self._blobs:
+            init = _loads(self._blobs["init.pkl"], "init_fn", self.manifest)
+            for key, value in init.__globals__.items():
+                ns.setdefault(key, value)
+            ns.update(values)
+            _rebind(init, ns)()
+        else:
+            ns.update(values)
+        snapshot = dict(ns)
+        if _writes_globals(fn.__code__):
+            # Each call gets a fresh copy of the post-init globals.
+            code, name, defaults, closure = fn.__code__, fn.__name__, fn.__defaults__, \
+                fn.__closure__
+            self._call = lambda args: types.FunctionType(
+                code, dict(snapshot), name, defaults, closure)(*args)
+        else:
+            # Nothing in the code can rebind a global, so one shared namespace is
+            # indistinguishable from a fresh copy per call, and much cheaper.
+            self._call = lambda args: fn(*args)
+
+    def _init_str(self, values: dict[str, Any]) -> None:
+        ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__main__", **values}
+        init = self.manifest.get("init_str")
+        if init:
+            exec(compile(init, "<init_str>", "exec"), ns)
+        code = compile(self.manifest["code_str"], "<code_str>", "exec")
+        names = [n for n, _ in self.inputs]
+        outs = [n for n, _ in self.outputs]
+
+        def call(args: Sequence[Any]) -> Any:
+            fresh = dict(ns)
+            fresh.update(zip(names, args, strict=False))
+            exec(code, fresh)
+            return {n: fresh.get(n) for n in outs}
+
+        self._call = call
+
+    # rows -----------------------------------------------------------------
+
+    def _to_outputs(self, ret: Any) -> dict[str, Any]:
+        if not self.outputs:
+            return {}
+        if self.kind == "str":
+            return dict(ret)
+        if (isinstance(ret, dict) and ret and self._multi_ok
+                and set(ret) <= {n for n, _ in self.outputs}):
+            return ret
+        return {self.outputs[0][0]: ret}
+
+    def run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
+                 slot: Slot | None = None, cap_fd: int | None = None) -> dict[str, Any]:
+        """Score rows; every user failure becomes that row's error, never an exception."""
+        n = len(indices)
+        cols = [columns[name] for name, _ in self.inputs]
+        out_values: dict[str, list[Any]] = {name: [None] * n for name, _ in self.outputs}
+        errors: list[tuple[str, str, str] | None] = [None] * n
+        started = [0.0] * n
+        ended = [0.0] * n
+        consoles: list[str | None] = [None] * n
+        artifacts: dict[int, dict[str, bytes]] = {}
+        buf = io.StringIO()
+        real_out, real_err = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = buf
+        cap_pos = _fd_size(cap_fd)
+        marks = [0] * n
+        call, to_outputs, set_slot = self._call, self._to_outputs, (slot or Slot(None)).set
+        try:
+            for k in range(n):
+                args = [c[k] for c in cols]
+                t = time.time()
+                set_slot(indices[k], t)
+                started[k] = t
+                try:
+                    if self.artifacts:
+                        ret, files = self._with_workdir(call, args)
+                        artifacts[indices[k]] = files
+                    else:
+                        ret = call(args)
+                    for name, value in to_outputs(ret).items():
+                        out_values[name][k] = value
+                except BaseException as exc:  # noqa: B036 - user code: SystemExit too
+                    errors[k] = _error_of(exc)
+                ended[k] = time.time()
+                marks[k] = buf.tell()
+                if cap_fd is not None:
+                    size = _fd_size(cap_fd)
+                    if size != cap_pos:
+                        consoles[k] = _read_fd(cap_fd, cap_pos, size)
+                        cap_pos = size
+        finally:
+            sys.stdout, sys.stderr = real_out, real_err
+            set_slot(-1, 0.0)
+        self._split_console(buf.getvalue(), marks, consoles)
+        outputs = self._encode_outputs(out_values, errors)
+        return {"index": list(indices), "started": started, "ended": ended,
+                "errors": errors, "console": consoles, "outputs": outputs,
+                "artifacts": artifacts, "pid": os.getpid()}
+
+    def _split_console(self, text: str, marks: list[int], consoles: list[str | None]) -> None:
+        cap = self.limits["console_bytes"]
+        prev = 0
+        for k, mark in enumerate(marks):
+            piece = text[prev:mark] if mark != prev else ""
+            prev = mark
+            extra = consoles[k]
+            if piece or extra:
+                consoles[k] = _truncate((extra or "") + piece, cap)
+
+    def _with_workdir(self, call: Callable[[Sequence[Any]], Any], args: Sequence[Any]
+                      ) -> tuple[Any, dict[str, bytes]]:
+        home = os.getcwd()
+        work = tempfile.mkdtemp(prefix="row-", dir=os.environ.get("LOCALBATCH_SCRATCH"))
+        try:
+            os.chdir(work)
+            try:
+                ret = call(args)
+            finally:
+                os.chdir(home)
+            return ret, _collect(Path(work), self.artifacts, self.limits["artifact_bytes"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _encode_outputs(self, values: dict[str, list[Any]],
+                        errors: list[tuple[str, str, str] | None]) -> dict[str, Any]:
+        encoded = {}
+        for name, enc in self.outputs:
+            column = values[name]
+            for k, value in enumerate(column):
+                if value is None or errors[k] is not None:
+                    column[k] = None
+                    continue
+                try:
+                    column[k] = _cast_output(enc, value, name)
+                except SchemaError as exc:
+                    errors[k] = ("OutputTypeError", str(exc), "")
+                    for other in values.values():
+                        other[k] = None
+            encoded[name] = column
+        return {name: encode_column(kind_for_encoding(enc.value), values[name])
+                for name, enc in self.outputs}
+
+
+def _unloaded(args: Sequence[Any]) -> Any:
+    raise RuntimeError("service not initialized")
+
+
+def _cast_output(enc: EncodingType, value: Any, name: str) -> Any:
+    if enc is EncodingType.numeric and type(value) is float:
+        return value
+    if enc is EncodingType.dataframe:
+        import pandas as pd
+
+        if isinstance(value, pd.Series):
+            return value.to_frame()
+    return cast_value(enc, value, f"output {name!r}")
+
+
+def _predict(model: Any, frame: Any) -> Any:
+    """Realtime services: one prediction row per input row, as the SDK's outputData."""
+    import numpy as np
+    import pandas as pd
+
+    pred = model.predict(frame)
+    if isinstance(pred, pd.DataFrame):
+        return pred.reset_index(drop=True)
+    endog = getattr(getattr(model, "model", None), "endog_names", None)
+    column = f"{endog}_Pred" if isinstance(endog, str) else "prediction"
+    arr = np.asarray(pred)
+    if arr.ndim == 2:
+        return pd.DataFrame(arr, columns=[f"{column}_{j}" for j in range(arr.shape[1])])
+    return pd.DataFrame({column: arr})
+
+
+def _error_of(exc: BaseException) -> tuple[str, str, str]:
+    tb = exc.__traceback__
+    # Drop the frames of localbatch itself: users want their own code's stack.
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("localbatch"):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return type(exc).__name__, str(exc), text
+
+
+def _truncate(text: str, cap: int) -> str:
+    if len(text) <= cap:
+        return text
+    more = len(text) - cap
+    return text[:cap] + f"\n[localbatch: console output truncated, {more} more characters]"
+
+
+def _fd_size(fd: int | None) -> int:
+    return os.fstat(fd).st_size if fd is not None else 0
+
+
+def _read_fd(fd: int, start: int, end: int) -> str:
+    return os.pread(fd, end - start, start).decode("utf-8", "replace")
+
+
+def _collect(work: Path, names: list[str], cap: int) -> dict[str, bytes]:
+    files = {}
+    for name in names:
+        path = work / name
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as fh:
+                data = fh.read(cap + 1)
+            if len(data) > cap:
+                data = data[:cap] + b"\n[localbatch: artifact truncated]"
+            files[name] = data
+    return files
+
+
+# -- inline (in-process) execution ---------------------------------------------------
+
+
+def run_inline(runtime: Runtime, indices: Sequence[int], columns: dict[str, Sequence[Any]]
+               ) -> dict[str, Any]:
+    """Run rows in this process (engine="inline"): same results, no crash isolation."""
+    return runtime.run_rows(indices, columns)
+
+
+def b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+# -- process entry points ------------------------------------------------------------
+
+
+def _watch_owner(owner: int, parent: int) -> None:
+    """Exit within ~0.25 s once the owner is gone, even mid-row."""
+    def loop() -> None:
+        while True:
+            time.sleep(0.25)
+            if os.getppid() != parent:
+                os._exit(70)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(70)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=loop, name="localbatch-owner-watch", daemon=True).start()
+
+
+def _capture_fds(scratch: str) -> int:
+    """Send fd 1 and 2 (C-level writes, child processes) to a file we can attribute."""
+    fd = os.open(os.path.join(scratch, "console.capture"), os.O_RDWR | os.O_CREAT |
+                 os.O_APPEND | os.O_TRUNC, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    return fd
+
+
+def _load(spec: dict[str, Any], limits: dict[str, int] | None) -> Runtime:
+    from ._fsutil import read_json
+    from ._registry import read_blobs
+
+    if "path" in spec:
+        path = Path(spec["path"])
+        manifest = read_json(path / "manifest.json")
+        return Runtime(manifest, read_blobs(path, manifest), limits)
+    from ._fsutil import sha256
+
+    for fname, digest in spec["manifest"]["blobs"].items():
+        if sha256(spec["blobs"][fname]) != digest:
+            raise ServiceLoadError(f"service blob {fname} does not match its hash")
+    return Runtime(spec["manifest"], spec["blobs"], limits)
+
+
+def _send(conn: Any, msg: Any) -> None:
+    conn.send_bytes(pickle.dumps(msg, protocol=5))
+
+
+def serve(conn: Any, slot_path: str | None, owner: int) -> None:
+    """The worker's life: load, init, then chunks until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_owner(owner, os.getppid())
+    scratch = tempfile.mkdtemp(prefix="localbatch-worker-")
+    os.environ["LOCALBATCH_SCRATCH"] = scratch
+    os.chdir(scratch)
+    cap_fd = _capture_fds(scratch)
+    slot = Slot(slot_path)
+    try:
+        _serve_loop(conn, slot, cap_fd)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _serve_loop(conn: Any, slot: Slot, cap_fd: int) -> None:
+    msg = pickle.loads(conn.recv_bytes())
+    assert msg[0] == "load"
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            runtime = _load(msg[1], msg[2] if len(msg) > 2 else None)
+            seconds = runtime.initialize()
+    except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error too
+        _send(conn, ("init_error", os.getpid(), _error_of(exc), buf.getvalue()))
+        return
+    _send(conn, ("ready", os.getpid(), seconds, buf.getvalue()))
+    while True:
+        try:
+            msg = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if msg[0] == "stop":
+            return
+        _, chunk_id, indices, columns = msg
+        _send(conn, ("result", chunk_id, runtime.run_rows(indices, columns, slot, cap_fd)))
+
+
+def _zygote(conn: Any, owner: int) -> None:
+    """forkserver start method: a warmed-up interpreter that forks workers on request.
+
+    Replies are framed ``b"F" + pid`` (forked) and ``b"X" + pid + exit code`` (a
+    child ended), so the owner learns exit statuses it cannot wait for itself.
+    """
+    import select
+    import socket
+
+    import numpy  # noqa: F401 - imported once here so forked workers start warm
+    import pandas  # noqa: F401
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=conn.fileno())
+    while True:
+        _report_exits(sock)
+        if not select.select([sock], [], [], 0.1)[0]:
+            continue
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            _zygote_child(sock, fds[0], pickle.loads(msg), owner)
+        os.close(fds[0])
+        sock.sendall(b"F" + struct.pack("<q", pid))
+
+
+def _report_exits(sock: Any) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.sendall(b"X" + struct.pack("<qq", pid, os.waitstatus_to_exitcode(status)))
+
+
+def _zygote_child(sock: Any, fd: int, slot_path: str, owner: int) -> None:
+    from multiprocessing.connection import Connection
+
+    sock.close()
+    os.setsid()
+    try:
+        serve(Connection(fd), slot_path, owner)
+    finally:
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    from multiprocessing.connection import Connection
+
+    parser = argparse.ArgumentParser(prog="localbatch-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--slot", default=None)
+    parser.add_argument("--owner", type=int, required=True)
+    parser.add_argument("--zygote", action="store_true")
+    args = parser.parse_args(argv)
+    if args.zygote:
+        _zygote(Connection(args.fd), args.owner)
+    else:
+        serve(Connection(args.fd), args.slot, args.owner)
+    os._exit(0)
