@@ -26,6 +26,7 @@ import dis
 import io
 import os
 import pickle
+import queue
 import shutil
 import signal
 import struct
@@ -449,15 +450,36 @@ def _serve_loop(conn: Any, slot: Slot, cap_fd: int) -> None:
         _send(conn, ("init_error", os.getpid(), _error_of(exc), buf.getvalue()))
         return
     _send(conn, ("ready", os.getpid(), seconds, buf.getvalue()))
+    inbox = _drain(conn)
     while True:
-        try:
-            msg = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
+        data = inbox.get()
+        if data is None:
             return
+        msg = pickle.loads(data)
         if msg[0] == "stop":
             return
         _, chunk_id, indices, columns = msg
         _send(conn, ("result", chunk_id, runtime.run_rows(indices, columns, slot, cap_fd)))
+
+
+def _drain(conn: Any) -> queue.SimpleQueue[bytes | None]:
+    """Read the connection on a thread, so the parent's sends never wait on our rows.
+
+    Without it, a parent sending the next chunk and a worker sending its result
+    can both block on full socket buffers.
+    """
+    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def loop() -> None:
+        while True:
+            try:
+                inbox.put(conn.recv_bytes())
+            except (EOFError, OSError):
+                inbox.put(None)
+                return
+
+    threading.Thread(target=loop, name="localbatch-inbox", daemon=True).start()
+    return inbox
 
 
 def _zygote(conn: Any, owner: int) -> None:

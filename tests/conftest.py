@@ -1,0 +1,76 @@
+"""Shared fixtures: every store lives under tmp_path; every test reaps its processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def client(store: Path):
+    from localbatch import DeployClient
+
+    c = DeployClient(str(store))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def mtcars():
+    import pandas as pd
+
+    return pd.read_csv(DATA / "mtcars.csv")
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes():
+    """No test may leave a worker (or anything it started) running."""
+    yield
+    from localbatch._pool import WORKER_POOL
+
+    WORKER_POOL.close()
+    deadline = time.monotonic() + 5
+    left = _children()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in _children() if not _is_zygote(p)]
+    for p in left:
+        p.kill()
+    assert not left, f"stray processes: {[(p.pid, p.cmdline()[-4:]) for p in left]}"
+
+
+def _is_zygote(p: psutil.Process) -> bool:
+    # The forkserver zygote lives as long as the test process, by design.
+    try:
+        return "--zygote" in p.cmdline()
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_home_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeployClient() without a path must never touch the real per-user store in tests."""
+    monkeypatch.setenv("LOCALBATCH_HOME", str(tmp_path / "default-store"))
+    monkeypatch.setenv("LOCALBATCH_IDLE_TIMEOUT", os.environ.get("LOCALBATCH_IDLE_TIMEOUT", "60"))
