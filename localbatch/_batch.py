@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "BatchResponse"]
 
 _OPTION_NAMES = {"max_attempts", "row_timeout", "init_timeout", "error_threshold",
-                 "start_method", "console_limit", "artifact_limit"}
+                 "start_method", "console_limit", "artifact_limit", "output_limit"}
 
 
 class _State(str):
@@ -45,6 +45,8 @@ def _options(service: Service, parallel_count: int, options: dict[str, Any]) -> 
         limits["console_bytes"] = int(options.pop("console_limit"))
     if "artifact_limit" in options:
         limits["artifact_bytes"] = int(options.pop("artifact_limit"))
+    if "output_limit" in options:
+        limits["output_bytes"] = int(options.pop("output_limit"))
     options.setdefault("start_method", service._client.start_method)
     return BatchOptions(parallel_count=parallel_count, limits=limits, **options).validate()
 
@@ -175,19 +177,23 @@ class Batch:
         cancel_execution(self._store, self._id())
         return self
 
-    def resume(self, force: bool = False) -> Batch:
-        """Finish the rows without a record (after the owner died, or forced)."""
+    def resume(self, force: bool = False, **options: Any) -> Batch:
+        """Finish the rows without a record (after the owner died, or forced).
+
+        Runs with the options the batch was started with; keyword arguments
+        (``parallel_count``, ``row_timeout``, ...) override them.
+        """
         from ._jobs import resume_execution
 
-        resume_execution(self._store, self._client._registry, self._id(), self._options,
+        resume_execution(self._store, self._client._registry, self._id(), options,
                          get_engine(self._engine), force=force)
         return self
 
-    def retry_failed(self, version: str | None = None) -> Batch:
+    def retry_failed(self, version: str | None = None, **options: Any) -> Batch:
         """Re-run only the failed rows (optionally on another version of the service)."""
         from ._jobs import retry_failed
 
-        retry_failed(self._store, self._client._registry, self._id(), self._options,
+        retry_failed(self._store, self._client._registry, self._id(), options,
                      get_engine(self._engine), version)
         return self
 

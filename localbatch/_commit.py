@@ -76,7 +76,12 @@ class Committer:
     def write_header(self) -> None:
         self.header.update(completed=self.completed_count, failed=self.failed_count,
                            updated=now_iso())
-        self.store.write_header(self.id, self.header)
+        try:
+            self.store.write_header(self.id, self.header)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StoreError(exc.errno or 5, f"cannot write execution.json: {exc}") from exc
 
     def pending_indices(self) -> np.ndarray:
         return np.flatnonzero(~self.recorded)
@@ -132,9 +137,10 @@ class Committer:
         try:
             self.store.write_part(self.store.path(self.id) / "results", self._seq, columns,
                                   len(index))
+        except StoreError:
+            raise
         except OSError as exc:
-            raise StoreError(getattr(exc, "errno", None) or 5, f"cannot commit part: {exc}"
-                             ) from exc
+            raise StoreError(exc.errno or 5, f"cannot commit part: {exc}") from exc
         self._seq += 1
         errs = ~columns["error_type"][2]["mask"]
         newly = ~self.recorded[index]
@@ -148,6 +154,8 @@ class Committer:
     def _write_artifacts(self, index: int, files: dict[str, bytes]) -> None:
         try:
             self.store.write_artifacts(self.id, index, files)
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(getattr(exc, "errno", None) or 5,
                              f"cannot write artifacts of row {index}: {exc}") from exc

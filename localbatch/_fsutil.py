@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -33,15 +34,31 @@ __all__ = [
 FSYNC = os.environ.get("LOCALBATCH_FSYNC", "") not in ("", "0")
 
 
+#: Longest encoded component kept readable; file systems cap a name at 255 bytes.
+_MAX_COMPONENT = 200
+#: Prefix of hashed components. ``quote`` always writes "%" plus two hex digits, so
+#: "%%" never starts a readable one: the two forms cannot collide.
+_HASHED = "%%"
+
+
 def encode_component(text: str) -> str:
-    """A user-given name as one safe path component (reversible)."""
+    """A user-given name as one safe path component.
+
+    Short names are percent-encoded (reversible with :func:`decode_component`); a
+    name whose encoding would pass the file system's limit (128 "!" or 128 CJK
+    characters do) becomes ``%%`` plus its SHA-256, so callers that need the name
+    back must keep it beside the folder (the registry's manifests do).
+    """
     enc = quote(text, safe="")
+    if len(enc) > _MAX_COMPONENT:
+        return _HASHED + sha256(text.encode("utf-8", "surrogatepass"))
     # A leading dot would hide the folder and "." / ".." must never appear.
     return "%2E" + enc[1:] if enc.startswith(".") else enc
 
 
-def decode_component(text: str) -> str:
-    return unquote(text)
+def decode_component(text: str) -> str | None:
+    """The name of a readable component; ``None`` for a hashed one."""
+    return None if text.startswith(_HASHED) else unquote(text)
 
 
 def make_private_dir(path: Path) -> Path:
@@ -89,13 +106,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def publish_exclusive(path: Path, data: bytes) -> bool:
+def publish_exclusive(path: Path, data: bytes, on_written: Callable[[], None] | None = None
+                      ) -> bool:
     """Create ``path`` with ``data`` unless it exists; False if someone else won."""
     try:
         tmp = _write_temp(path, data)
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
+        if on_written is not None:
+            on_written()
         os.link(tmp, path)
         if FSYNC:
             _fsync_dir(path.parent)

@@ -185,10 +185,19 @@ def _take(store: ExecutionStore, execution_id: str) -> tuple[OwnerLock, dict[str
     return lock, store.read_header(execution_id)
 
 
+def stored_options(header: dict[str, Any], overrides: dict[str, Any]) -> BatchOptions:
+    """The options an execution was started with, with the caller's overrides on top."""
+    saved = dict(header.get("options") or {})
+    saved["parallel_count"] = header.get("parallel_count", 10)
+    saved.update(overrides)
+    return BatchOptions(**saved).validate()
+
+
 def resume_execution(store: ExecutionStore, registry: Registry, execution_id: str,
-                     options: BatchOptions, engine: Engine, *, force: bool) -> None:
+                     overrides: dict[str, Any], engine: Engine, *, force: bool) -> None:
     lock, header = _take(store, execution_id)
     try:
+        options = stored_options(header, overrides)
         state = header["state"]
         if state == "Complete":
             lock.release()
@@ -210,10 +219,11 @@ def resume_execution(store: ExecutionStore, registry: Registry, execution_id: st
 
 
 def retry_failed(store: ExecutionStore, registry: Registry, execution_id: str,
-                 options: BatchOptions, engine: Engine, version: str | None) -> int:
+                 overrides: dict[str, Any], engine: Engine, version: str | None) -> int:
     """Re-run only the rows whose recorded result is an error; returns how many."""
     lock, header = _take(store, execution_id)
     try:
+        options = stored_options(header, overrides)
         if header["state"] in ACTIVE:
             raise ResumeError(f"execution {execution_id} was interrupted: resume() it first")
         if version is None:

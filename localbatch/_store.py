@@ -43,6 +43,7 @@ from ._errors import (
     StoreCorruptedError,
     StoreError,
 )
+from ._faults import hook
 from ._fsutil import atomic_write, make_private_dir, publish_exclusive, read_json, write_json
 
 __all__ = ["ExecutionStore", "OwnerLock", "RowMap", "check_execution_id"]
@@ -51,6 +52,10 @@ FORMAT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARTIFACT_RE_BAD = re.compile(r"[/\\\0]")
 ACTIVE = ("Pending", "InProgress")
+
+
+def _after_write() -> None:
+    hook("part.after_write")
 
 
 def check_execution_id(execution_id: Any) -> str:
@@ -210,7 +215,9 @@ class ExecutionStore:
         raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
 
     def write_header(self, execution_id: str, header: dict[str, Any]) -> None:
+        hook("header.before_replace")
         write_json(self.path(execution_id) / "execution.json", header)
+        hook("header.after_replace")
 
     def owner_alive(self, execution_id: str) -> bool:
         return _probe_lock(self.path(execution_id) / "owner.lock")
@@ -250,9 +257,13 @@ class ExecutionStore:
 
     def write_part(self, directory: Path, seq: int, columns: dict[str, Column], rows: int
                    ) -> str:
+        """Write a part under a temporary name, then publish it (the commit point)."""
         name = f"part-{seq:06d}.lbp"
-        if not publish_exclusive(directory / name, encode_part(columns, rows)):
+        hook("part.before_write")
+        data = encode_part(columns, rows)
+        if not publish_exclusive(directory / name, data, on_written=_after_write):
             raise StoreError(f"part {directory / name} already exists")
+        hook("part.after_publish")
         return name
 
     def part_names(self, execution_id: str, kind: str = "results") -> list[str]:
@@ -309,6 +320,7 @@ class ExecutionStore:
         return self.path(execution_id) / "artifacts" / str(int(index))
 
     def write_artifacts(self, execution_id: str, index: int, files: dict[str, bytes]) -> None:
+        hook("artifacts.before_write")
         final = self.artifact_dir(execution_id, index)
         tmp = final.with_name(f".tmp-{index}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(mode=0o700)

@@ -48,7 +48,8 @@ __all__ = ["Runtime", "Slot", "main", "run_inline"]
 
 SLOT = struct.Struct("<qd")
 #: Per-row caps that keep a runaway row from filling the disk.
-DEFAULT_LIMITS = {"console_bytes": 1 << 20, "artifact_bytes": 64 << 20}
+DEFAULT_LIMITS = {"console_bytes": 1 << 20, "artifact_bytes": 64 << 20,
+                  "output_bytes": 64 << 20}
 
 
 class Slot:
@@ -273,7 +274,7 @@ class Runtime:
 
     def _encode_outputs(self, values: dict[str, list[Any]],
                         errors: list[tuple[str, str, str] | None]) -> dict[str, Any]:
-        encoded = {}
+        cap = self.limits["output_bytes"]
         for name, enc in self.outputs:
             column = values[name]
             for k, value in enumerate(column):
@@ -281,14 +282,34 @@ class Runtime:
                     column[k] = None
                     continue
                 try:
-                    column[k] = _cast_output(enc, value, name)
-                except SchemaError as exc:
-                    errors[k] = ("OutputTypeError", str(exc), "")
+                    column[k] = _capped(_cast_output(enc, value, name), name, cap)
+                except (SchemaError, _TooLarge) as exc:
+                    kind = "OutputTypeError" if isinstance(exc, SchemaError) else "OutputTooLarge"
+                    errors[k] = (kind, str(exc), "")
                     for other in values.values():
                         other[k] = None
-            encoded[name] = column
         return {name: encode_column(kind_for_encoding(enc.value), values[name])
                 for name, enc in self.outputs}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _capped(value: Any, name: str, cap: int) -> Any:
+    """Keep one row's output from filling the disk: text is cut with a marker."""
+    if isinstance(value, str):
+        if len(value) > cap:
+            return value[:cap] + f"\n[localbatch: output truncated, {len(value) - cap} more " \
+                                 "characters]"
+        return value
+    size = getattr(value, "nbytes", None)
+    if size is None and hasattr(value, "memory_usage"):
+        size = int(value.memory_usage(index=False, deep=True).sum())
+    if size is not None and size > cap:
+        raise _TooLarge(f"output {name!r} is {size} bytes, over the per-row cap of {cap} "
+                        "(batch option output_limit)")
+    return value
 
 
 def _unloaded(args: Sequence[Any]) -> Any:
