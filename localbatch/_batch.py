@@ -77,7 +77,7 @@ class Batch:
         self._options = _options(service, parallel_count, options)
         self._execution_id = execution_id
         self._records: InputTable | CsvSource | None = None
-        if records is not None and execution_id is None:
+        if execution_id is None:
             self._records = _source(records, service)
 
     # SDK properties ----------------------------------------------------------------

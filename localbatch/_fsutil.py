@@ -62,8 +62,13 @@ def decode_component(text: str) -> str | None:
 
 
 def make_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) readable by the owner only."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` (and missing parents) readable by the owner only."""
+    if not path.is_dir():
+        # mkdir(parents=True) would give the parents the umask's mode, not 0o700.
+        if not path.parent.is_dir():
+            make_private_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
     return path
 
 

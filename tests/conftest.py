@@ -36,12 +36,25 @@ def mtcars():
     return pd.read_csv(DATA / "mtcars.csv")
 
 
+def _live(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _children() -> list[psutil.Process]:
     try:
-        return [p for p in psutil.Process().children(recursive=True) if p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
+        return [p for p in psutil.Process().children(recursive=True) if _live(p)]
     except psutil.Error:
         return []
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid} {' '.join(p.cmdline()[-4:])}"
+    except psutil.Error:
+        return str(p.pid)
 
 
 @pytest.fixture(autouse=True)
@@ -56,9 +69,14 @@ def _reap_processes():
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
         left = [p for p in _children() if not _is_zygote(p)]
+    left = [p for p in left if _live(p)]
+    described = [_describe(p) for p in left]
     for p in left:
-        p.kill()
-    assert not left, f"stray processes: {[(p.pid, p.cmdline()[-4:]) for p in left]}"
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    assert not left, f"stray processes: {described}"
 
 
 def _is_zygote(p: psutil.Process) -> bool:
