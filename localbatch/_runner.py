@@ -44,6 +44,7 @@ from ._store import ExecutionStore, OwnerLock
 __all__ = ["BatchOptions", "RUNNING", "Supervisor", "input_chunks"]
 
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
+UNBLAMED_DEATHS = 6  # consecutive deaths outside any row, with no progress, before Failed
 TARGET_CHUNK_SECONDS = 0.05
 MAX_CHUNK = 10_000
 
@@ -146,7 +147,7 @@ class Supervisor:
         self._next_chunk_id = 0
         self._attempts: dict[int, int] = {}
         self._row_seconds: float | None = None
-        self._deaths_outside_rows = 0
+        self._unblamed_deaths = 0
         self._failed_seen = committer.failed_count
         self._thread = threading.Thread(target=self._main, name=f"localbatch-{self.id[:8]}",
                                         daemon=True)
@@ -296,6 +297,7 @@ class Supervisor:
         kind = msg[0]
         if kind == "ready":
             w.ready = True
+            self._unblamed_deaths = 0
             self.log.info("worker %d ready (init %.3fs)", w.pid, msg[2])
             self._mark_in_progress()
         elif kind == "init_error":
@@ -313,6 +315,7 @@ class Supervisor:
             per_row = spent / max(1, len(chunk.indices))
             self._row_seconds = per_row if self._row_seconds is None else (
                 0.7 * self._row_seconds + 0.3 * per_row)
+        self._unblamed_deaths = 0
         self._failed_seen += sum(e is not None for e in payload["errors"])
         self.committer.add(payload, self._attempts)
 
@@ -347,16 +350,15 @@ class Supervisor:
         why = reason or describe_exit(code)
         self.log.warning("worker %d ended: %s (row %s)", w.pid, why,
                          current[0] if current else "-")
-        if not w.ready:
-            self._deaths_outside_rows += 1
-            if self._deaths_outside_rows > self.options.max_attempts and not self._init_error:
-                self._init_error = f"init failed: {why} while starting"
         charged = self._charge(current, chunks, why, timed_out=reason is not None)
-        if not charged and chunks:
-            self._deaths_outside_rows += 1
-            if self._deaths_outside_rows > 3 * self.options.max_attempts * len(self._inflight
-                                                                               or [1]):
-                self._init_error = f"workers keep dying outside any row: {why}"
+        if not charged:
+            # Deaths that no row can be blamed for (while starting, between rows) are
+            # only fatal when they keep happening with no progress in between.
+            self._unblamed_deaths += 1
+            if self._unblamed_deaths > UNBLAMED_DEATHS and not self._init_error:
+                stage = "while starting" if not w.ready else "outside any row"
+                self._init_error = (f"init failed: {why} {stage}" if not w.ready else
+                                    f"workers keep dying {stage}: {why}")
         self._requeue(chunks, skip=current[0] if charged and current else None)
         if self._has_work() and not self._init_error:
             self._spawn()
