@@ -47,6 +47,9 @@ from ._schema import EncodingType, cast_value
 __all__ = ["Runtime", "Slot", "main", "run_inline"]
 
 SLOT = struct.Struct("<qd")
+#: Rows watched one by one for fd-level output (C code, child processes) after
+#: a worker starts or after such output was seen.
+FD_WATCH_ROWS = 1000
 #: Per-row caps that keep a runaway row from filling the disk.
 DEFAULT_LIMITS = {"console_bytes": 1 << 20, "artifact_bytes": 64 << 20,
                   "output_bytes": 64 << 20}
@@ -116,6 +119,7 @@ class Runtime:
         self.kind: str = manifest["kind"]
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self._blobs = blobs
+        self._fd_watch_rows = FD_WATCH_ROWS
         self._call: Callable[[Sequence[Any]], Any] = _unloaded
         self._multi_ok = len(self.outputs) > 1 or (
             bool(self.outputs) and self.outputs[0][1] is not EncodingType.dataframe)
@@ -202,6 +206,8 @@ class Runtime:
     def run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
                  slot: Slot | None = None, cap_fd: int | None = None) -> dict[str, Any]:
         """Score rows; every user failure becomes that row's error, never an exception."""
+        if self.manifest.get("vectorized"):
+            return self._run_vectorized(indices, columns, slot)
         n = len(indices)
         cols = [columns[name] for name, _ in self.inputs]
         out_values: dict[str, list[Any]] = {name: [None] * n for name, _ in self.outputs}
@@ -214,6 +220,10 @@ class Runtime:
         real_out, real_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = buf
         cap_pos = _fd_size(cap_fd)
+        # An fstat per row costs more than a trivial row: watch fd-level output per
+        # row only while this service has been seen writing there (or is new).
+        per_row_fd = cap_fd is not None and self._fd_watch_rows > 0
+        fd_row = cap_fd if per_row_fd else None
         marks = [0] * n
         call, to_outputs, set_slot = self._call, self._to_outputs, (slot or Slot(None)).set
         try:
@@ -234,19 +244,91 @@ class Runtime:
                     errors[k] = _error_of(exc)
                 ended[k] = time.time()
                 marks[k] = buf.tell()
-                if cap_fd is not None:
-                    size = _fd_size(cap_fd)
+                if fd_row is not None:
+                    size = _fd_size(fd_row)
                     if size != cap_pos:
-                        consoles[k] = _read_fd(cap_fd, cap_pos, size)
+                        consoles[k] = _read_fd(fd_row, cap_pos, size)
                         cap_pos = size
+                        self._fd_watch_rows = FD_WATCH_ROWS
         finally:
             sys.stdout, sys.stderr = real_out, real_err
             set_slot(-1, 0.0)
+        if per_row_fd:
+            self._fd_watch_rows = max(0, self._fd_watch_rows - n)
+        elif cap_fd is not None and n and _fd_size(cap_fd) != cap_pos:
+            # Unexpected fd-level output: give it to the chunk's last row, and watch
+            # per row from now on.
+            consoles[n - 1] = (consoles[n - 1] or "") + _read_fd(cap_fd, cap_pos,
+                                                                 _fd_size(cap_fd))
+            self._fd_watch_rows = FD_WATCH_ROWS
         self._split_console(buf.getvalue(), marks, consoles)
         outputs = self._encode_outputs(out_values, errors)
         return {"index": list(indices), "started": started, "ended": ended,
                 "errors": errors, "console": consoles, "outputs": outputs,
                 "artifacts": artifacts, "pid": os.getpid()}
+
+    # vectorised services ---------------------------------------------------------
+
+    def _run_vectorized(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
+                        slot: Slot | None) -> dict[str, Any]:
+        """Call the code once per chunk with columns (pandas Series) instead of scalars.
+
+        A chunk that raises is bisected until the failing rows are alone, so only
+        they fail; a span's console output goes to its first row.
+        """
+        import pandas as pd
+
+        n = len(indices)
+        series = [pd.Series(columns[name], index=pd.Index(indices), name=name)
+                  for name, _ in self.inputs]
+        state = _VectorState(n, [name for name, _ in self.outputs])
+        real_out, real_err = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = state.buf
+        try:
+            self._vector_span(series, indices, 0, n, state, (slot or Slot(None)).set)
+        finally:
+            sys.stdout, sys.stderr = real_out, real_err
+            (slot or Slot(None)).set(-1, 0.0)
+        outputs = self._encode_outputs(state.values, state.errors)
+        return {"index": list(indices), "started": state.started, "ended": state.ended,
+                "errors": state.errors, "console": state.consoles, "outputs": outputs,
+                "artifacts": {}, "pid": os.getpid()}
+
+    def _vector_span(self, series: list[Any], indices: Sequence[int], lo: int, hi: int,
+                     state: _VectorState, set_slot: Callable[[int, float], None]) -> None:
+        t = time.time()
+        set_slot(indices[lo], t)
+        mark = state.buf.tell()
+        try:
+            ret = self._call([s.iloc[lo:hi] for s in series])
+            per_row = self._split_vector(ret, hi - lo)
+        except BaseException as exc:  # noqa: B036 - user code: SystemExit too
+            if hi - lo == 1:
+                state.errors[lo] = _error_of(exc)
+                state.note(lo, hi, t, mark)
+                return
+            mid = (lo + hi) // 2
+            self._vector_span(series, indices, lo, mid, state, set_slot)
+            self._vector_span(series, indices, mid, hi, state, set_slot)
+            return
+        for name, values in per_row.items():
+            state.values[name][lo:hi] = values
+        state.note(lo, hi, t, mark)
+
+    def _split_vector(self, ret: Any, m: int) -> dict[str, list[Any]]:
+        out = {}
+        for name, value in self._to_outputs(ret).items():
+            if hasattr(value, "iloc") and hasattr(value, "columns"):
+                rows = [value.iloc[i:i + 1].reset_index(drop=True) for i in range(len(value))]
+            elif hasattr(value, "tolist"):
+                rows = value.tolist()
+            else:
+                rows = list(value)
+            if len(rows) != m:
+                raise ValueError(f"vectorized output {name!r} has {len(rows)} values for "
+                                 f"{m} rows")
+            out[name] = rows
+        return out
 
     def _split_console(self, text: str, marks: list[int], consoles: list[str | None]) -> None:
         cap = self.limits["console_bytes"]
@@ -290,6 +372,26 @@ class Runtime:
                         other[k] = None
         return {name: encode_column(kind_for_encoding(enc.value), values[name])
                 for name, enc in self.outputs}
+
+
+class _VectorState:
+    """Per-chunk bookkeeping of a vectorised call and its bisections."""
+
+    def __init__(self, n: int, outputs: list[str]) -> None:
+        self.values: dict[str, list[Any]] = {name: [None] * n for name in outputs}
+        self.errors: list[tuple[str, str, str] | None] = [None] * n
+        self.started = [0.0] * n
+        self.ended = [0.0] * n
+        self.consoles: list[str | None] = [None] * n
+        self.buf = io.StringIO()
+
+    def note(self, lo: int, hi: int, started: float, mark: int) -> None:
+        now = time.time()
+        self.started[lo:hi] = [started] * (hi - lo)
+        self.ended[lo:hi] = [now] * (hi - lo)
+        text = self.buf.getvalue()[mark:]
+        if text:
+            self.consoles[lo] = (self.consoles[lo] or "") + text
 
 
 class _TooLarge(Exception):
