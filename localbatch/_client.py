@@ -42,6 +42,10 @@ def _resolve_store(host: Any) -> Path:
                                  f"{type(host).__name__}")
     if host.lower().startswith(("http://", "https://")):
         return default_store()
+    if not host.strip():
+        # Path("") is the working directory: never make it a store by accident.
+        raise ConfigurationError("DeployClient(host) got an empty store path: pass a folder, "
+                                 "an http(s) URL or nothing for the default store")
     return Path(host).expanduser().resolve()
 
 
@@ -58,9 +62,11 @@ class Operationalization:
         """Accepted and ignored: a local store needs no login."""
 
     def service(self, name: str) -> ServiceDefinition:
+        """A fluent builder of a standard service: ``.code_fn(...)....deploy()``."""
         return ServiceDefinition(name, self)
 
     def realtime_service(self, name: str) -> RealtimeDefinition:
+        """A fluent builder of a realtime service: ``.serialized_model(m).deploy()``."""
         return RealtimeDefinition(name, self)
 
 
@@ -90,6 +96,7 @@ class MLServer(Operationalization):
     # services -----------------------------------------------------------------
 
     def get_service(self, name: str, **opts: Any) -> Any:
+        """The ``Service`` of ``name`` (``version=None``: the most recently published)."""
         from ._service import Service
 
         version = opts.pop("version", None)
@@ -97,11 +104,13 @@ class MLServer(Operationalization):
         return Service(self._registry.get(name, version), self)
 
     def list_services(self, name: str | None = None, **opts: Any) -> list[dict[str, Any]]:
+        """The SDK's metadata dicts of every service, or of one name (and ``version``)."""
         version = opts.pop("version", None)
         _no_extra(opts, "list_services")
         return [r.meta() for r in self._registry.list(name, version)]
 
     def delete_service(self, name: str, **opts: Any) -> bool:
+        """Unpublish one version (``version=`` is required, as in the SDK); True."""
         version = opts.pop("version", None)
         _no_extra(opts, "delete_service")
         if version is None:
@@ -113,15 +122,19 @@ class MLServer(Operationalization):
         return self._registry.delete(name, version, {k for k in keep if k})
 
     def deploy_service(self, name: str, **opts: Any) -> Any:
+        """Publish a service from the builder's options as keywords; returns the Service."""
         return self._publish(name, opts, replace=False)
 
     def redeploy_service(self, name: str, force: bool = False, **opts: Any) -> Any:
+        """Replace a version (no version: the latest); IO left unset keeps the old IO."""
         return self._publish(name, opts, replace=True)
 
     def deploy_realtime(self, name: str, **opts: Any) -> Any:
+        """Publish a realtime service: ``serialized_model`` with ``.predict(DataFrame)``."""
         return self._publish(name, opts, replace=False, realtime=True)
 
     def redeploy_realtime(self, name: str, force: bool = False, **opts: Any) -> Any:
+        """Replace a realtime version (``version=`` is required, as in the SDK)."""
         if opts.get("version") is None:
             raise ValueError("Missing the required parameter `version` when calling "
                              "`update_realtime_service`")
@@ -146,7 +159,9 @@ class MLServer(Operationalization):
                 spec.version = self._registry.latest(name).version
             except ServiceNotFoundError:
                 raise ServiceNotFoundError(f"No service found for {name}: deploy it first")
-        return Service(self._registry.publish(spec, replace=replace), self)
+        # The consume method lives on the Service: it may not hide one of its members.
+        return Service(self._registry.publish(spec, replace=replace, reserved=dir(Service)),
+                       self)
 
     # session pools of ML Server 9.3: nothing to manage locally -----------------
 
@@ -157,10 +172,12 @@ class MLServer(Operationalization):
 
     def get_service_pool_status(self, name: str, version: str, **opts: Any
                                 ) -> list[dict[str, str]]:
+        """Local stand-in: the one local "node" is always ready."""
         self._registry.get(name, version)
         return [{"computeNodeEndpoint": "local", "status": "Success"}]
 
     def delete_service_pool(self, name: str, version: str, **opts: Any) -> bool:
+        """Local no-op: idle workers stop by themselves."""
         self._registry.get(name, version)
         return True
 

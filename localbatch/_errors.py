@@ -6,7 +6,7 @@ Builtins are mixed in wherever a user of the SDK would already catch them, so
     LocalBatchError(Exception)
     ├── ConfigurationError(ValueError)          bad store path, engine, client form
     ├── RegistryError
-    │   ├── ServiceNotFoundError(LookupError)
+    │   ├── ServiceNotFoundError(LookupError, ValueError)   the SDK raised ValueError
     │   ├── ServiceExistsError(ValueError)
     │   ├── InvalidServiceError(ValueError)      bad name/version/types/fn signature
     │   └── ServiceLoadError                     blob hash mismatch, version skew
@@ -72,8 +72,12 @@ class RegistryError(LocalBatchError):
     """A service could not be published, found or loaded."""
 
 
-class ServiceNotFoundError(RegistryError, LookupError):
-    """No service with that name (and version) is published."""
+class ServiceNotFoundError(RegistryError, LookupError, ValueError):
+    """No service with that name (and version) is published.
+
+    A ``ValueError`` too, because the SDK's ``get_service`` raised ``ValueError("No
+    service found ...")``: code written for the SDK keeps catching it.
+    """
 
 
 class ServiceExistsError(RegistryError, ValueError):

@@ -19,10 +19,12 @@ import contextlib
 import datetime as _dt
 import inspect
 import json
+import keyword
 import os
 import shutil
 import sys
 import sysconfig
+import types
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,7 +39,6 @@ from ._errors import (
     StoreError,
 )
 from ._fsutil import (
-    decode_component,
     encode_component,
     make_private_dir,
     publish_exclusive,
@@ -168,6 +169,19 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _library_versions(values: Iterable[Any]) -> dict[str, str]:
+    """Versions of the libraries whose objects are pickled (statsmodels, sklearn...)."""
+    out = {}
+    for value in values:
+        if value is None:
+            continue
+        top = (type(value).__module__ or "").split(".")[0]
+        version = getattr(sys.modules.get(top), "__version__", None)
+        if top and top not in ("builtins", "__main__") and isinstance(version, str):
+            out[top] = version
+    return out
+
+
 # -- turning a spec into a manifest and blobs ------------------------------------
 
 
@@ -207,16 +221,43 @@ def _source(fn: Callable[..., Any] | None) -> str | None:
         return None
 
 
+def _module_of(obj: Any) -> Any:
+    if isinstance(obj, types.ModuleType):
+        return obj
+    name = getattr(obj, "__module__", None) or type(obj).__module__
+    return sys.modules.get(name) if isinstance(name, str) else None
+
+
+def _referenced(obj: Any) -> list[Any]:
+    """Globals a function's code names (helpers and modules it calls), one level deep."""
+    code = getattr(obj, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return []
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+    ns = getattr(obj, "__globals__", {})
+    return [ns[n] for n in sorted(names) if n in ns]
+
+
 def _user_modules(objs: Iterable[Any]) -> list[Any]:
-    """Modules of user code outside site-packages and the standard library."""
+    """Modules of user code outside site-packages and the standard library.
+
+    They are pickled by value, so a service survives its module being moved or
+    deleted; helpers the code calls from other local modules come along too.
+    """
     skip = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-    found = []
-    for obj in objs:
-        mod = sys.modules.get(getattr(obj, "__module__", None) or type(obj).__module__)
+    found: list[Any] = []
+    roots = [o for o in objs if o is not None]
+    for obj in roots + [r for o in roots for r in _referenced(o)]:
+        mod = _module_of(obj)
         path = getattr(mod, "__file__", None)
         if mod is None or path is None or mod.__name__ in ("__main__", "builtins"):
             continue
-        if mod.__name__.split(".")[0] == "localbatch":
+        if mod.__name__.split(".")[0] == "localbatch" or mod in found:
             continue
         if not any(os.path.abspath(path).startswith(p) for p in skip):
             found.append(mod)
@@ -274,8 +315,13 @@ def _realtime_model(model: Any) -> Any:
     return model
 
 
-def build_revision(spec: ServiceSpec) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Validate a spec and produce its manifest and blobs (nothing written yet)."""
+def build_revision(spec: ServiceSpec, reserved: Iterable[str] = ()
+                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Validate a spec and produce its manifest and blobs (nothing written yet).
+
+    ``reserved`` are names the consume method may not take (the facade's own
+    methods: a function called ``batch`` would otherwise hide ``Service.batch``).
+    """
     check_name(spec.name)
     for key in list(spec.models) + list(spec.objects):
         check_input_name(key)
@@ -291,10 +337,9 @@ def build_revision(spec: ServiceSpec) -> tuple[dict[str, Any], dict[str, bytes]]
         kind, op_id = _code_kind(spec, inputs, blobs)
         if spec.code_fn is not None and spec.code_str is None:
             inputs = _fn_inputs(spec.code_fn, inputs)
-        if spec.alias is not None:
-            op_id = spec.alias
-        if op_id is not None:
-            check_input_name(op_id)
+    if spec.alias is not None:
+        op_id = spec.alias
+    _check_operation(op_id, set(reserved))
     artifacts = _check_artifacts(spec.artifacts or [])
     if spec.vectorized and artifacts:
         raise InvalidServiceError("a vectorized service cannot declare artifacts: artifacts "
@@ -322,7 +367,8 @@ def build_revision(spec: ServiceSpec) -> tuple[dict[str, Any], dict[str, bytes]]
         "objects": sorted(spec.objects),
         "snapshot_id": str(uuid.uuid4()),
         "published_by": os.environ.get("USER", "local"),
-        "versions": _versions(),
+        "versions": {**_versions(), **_library_versions(
+            [spec.serialized_model, *spec.models.values(), *spec.objects.values()])},
         "blobs": {k: sha256(v) for k, v in blobs.items()},
     }
     return manifest, blobs
@@ -351,6 +397,19 @@ def _code_kind(spec: ServiceSpec, inputs: list[dict[str, str]], blobs: dict[str,
         blobs["init.pkl"] = _pickle(spec.init_fn, "init_fn", fns)
     name = getattr(spec.code_fn, "__name__", None)
     return "fn", name if name and name.isidentifier() and name != "<lambda>" else None
+
+
+def _check_operation(op_id: str | None, reserved: set[str]) -> None:
+    if op_id is None:
+        return
+    if not isinstance(op_id, str) or not op_id.isidentifier() or keyword.iskeyword(op_id):
+        raise InvalidServiceError(
+            f"alias {op_id!r} must be a Python identifier and not a keyword: it names the "
+            "consume method")
+    if op_id in reserved:
+        raise InvalidServiceError(
+            f"the consume method name {op_id!r} would hide Service.{op_id}: give the service "
+            f"another alias, e.g. .alias({op_id + '_score'!r})")
 
 
 def _check_artifacts(names: Iterable[Any]) -> list[str]:
@@ -389,16 +448,21 @@ class Registry:
 
     # publishing ---------------------------------------------------------------
 
-    def publish(self, spec: ServiceSpec, *, replace: bool) -> ServiceRecord:
+    def publish(self, spec: ServiceSpec, *, replace: bool,
+                reserved: Iterable[str] = ()) -> ServiceRecord:
+        """Write a revision and make it live; ``reserved``: names the alias may not take."""
         created = _now_iso()
         if replace:
             old = self.get(spec.name, spec.version or self.latest(spec.name).version)
             _keep_old_io(spec, old)
             version, created = old.version, old.manifest["created"]
         else:
-            version = spec.version if spec.version not in (None, "") else str(uuid.uuid4())
+            # The SDK: "If the version is left blank, a unique guid is generated".
+            blank = spec.version is None or (isinstance(spec.version, str)
+                                             and not spec.version.strip())
+            version = str(uuid.uuid4()) if blank else spec.version
         check_name(version, "version")
-        manifest, blobs = build_revision(spec)
+        manifest, blobs = build_revision(spec, reserved)
         vdir = self._version_dir(spec.name, version)
         current = vdir / "current"
         revision = f"{_dt.datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -466,28 +530,36 @@ class Registry:
         return max(records, key=lambda r: (r.manifest["created"], r.manifest["published"]))
 
     def list(self, name: str | None = None, version: str | None = None) -> list[ServiceRecord]:
+        """Live revisions, by name then creation; reads manifests only (never unpickles)."""
         if name is not None and version is not None:
             try:
                 return [self.get(name, version)]
             except ServiceNotFoundError:
                 return []
-        names = [name] if name is not None else self._names()
+        if name is not None:
+            sdirs = [self.root / encode_component(check_name(name))]
+        elif self.root.is_dir():
+            sdirs = [p for p in self.root.iterdir() if not p.name.startswith(".")]
+        else:
+            sdirs = []
         out = []
-        for svc in names:
-            sdir = self.root / encode_component(check_name(svc))
-            for vdir in sorted(sdir.iterdir()) if sdir.is_dir() else []:
-                rev = self._current(vdir)
-                if rev is not None:
-                    with contextlib.suppress(ServiceNotFoundError):
-                        out.append(self.revision(svc, decode_component(vdir.name), rev))
-        out.sort(key=lambda r: (r.name, r.manifest["created"]))
+        for sdir in sdirs:
+            for vdir in sdir.iterdir() if sdir.is_dir() else []:
+                record = self._live(vdir)
+                # Names and versions come from the manifest: long ones are hashed on disk.
+                if record is not None and (name is None or record.name == name):
+                    out.append(record)
+        out.sort(key=lambda r: (r.name, r.manifest["created"], r.manifest["published"]))
         return out
 
-    def _names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(decode_component(p.name) for p in self.root.iterdir()
-                      if not p.name.startswith("."))
+    def _live(self, vdir: Path) -> ServiceRecord | None:
+        rev = self._current(vdir) if vdir.is_dir() else None
+        if rev is None:
+            return None
+        try:
+            return ServiceRecord(vdir / rev, read_json(vdir / rev / "manifest.json"))
+        except FileNotFoundError:
+            return None  # deleted between the two reads
 
     # deleting ---------------------------------------------------------------
 

@@ -37,8 +37,13 @@ __all__ = [
 ]
 
 
-class EncodingType(Enum):
-    """The SDK's server-side types, with its Python ↔ server conversions."""
+class EncodingType(str, Enum):
+    """The SDK's server-side types, with its Python ↔ server conversions.
+
+    A ``str`` enum: each member equals its server type string, so SDK code that
+    compares ``EncodingType.from_python(float) == "numeric"`` (as the SDK's own
+    tests do) keeps working, while localbatch uses the members themselves.
+    """
 
     integer = "integer"
     numeric = "numeric"
@@ -52,6 +57,7 @@ class EncodingType(Enum):
         return f"<EncodingType> {self.value}"
 
     def describe(self) -> tuple[str, str]:
+        """``(name, value)``, as in the SDK."""
         return self.name, self.value
 
     @classmethod
@@ -68,11 +74,15 @@ class EncodingType(Enum):
 
     @classmethod
     def cast_from_python(cls, server_type: Any, value: Any, name: str = "value") -> Any:
-        """Cast a client value for a declared type, losslessly (raises SchemaError)."""
+        """Cast a client value to the SDK's request form, losslessly (raises SchemaError).
+
+        Scalars come back as ``int``/``float``/``str``/``bool``; a vector or matrix as
+        (nested) lists and a DataFrame as ``{column: list}``, the JSON the SDK sent.
+        """
         enc = _coerce(server_type)
         if enc is None:
             raise SchemaError(f"unknown encoding type {server_type!r}")
-        return cast_value(enc, value, name)
+        return _to_wire(enc, cast_value(enc, value, name))
 
     @classmethod
     def cast_to_python(cls, server_type: Any, value: Any) -> Any:
@@ -110,6 +120,17 @@ _TO_PYTHON = {
 }
 
 
+def _to_wire(enc: EncodingType, value: Any) -> Any:
+    """The JSON-able request form of an already cast value."""
+    if value is None:
+        return None
+    if enc in (EncodingType.vector, EncodingType.matrix):
+        return np.asarray(value).tolist()
+    if enc is EncodingType.dataframe:
+        return {str(c): value[c].tolist() for c in value.columns}
+    return value
+
+
 def _coerce(value: Any) -> EncodingType | None:
     if isinstance(value, EncodingType):
         return value
@@ -131,6 +152,7 @@ def encoding_of(type_: Any, name: str) -> EncodingType:
 
 
 def check_input_name(name: str) -> None:
+    """Input, output, model and object names must be identifiers (they become variables)."""
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise InvalidServiceError(
             f"input/output name {name!r} must be a Python identifier and not a keyword"
@@ -163,12 +185,18 @@ def _fail(enc: EncodingType, name: str, value: Any, why: str = "") -> SchemaErro
 
 
 def _cast_float(value: Any, name: str) -> Any:
-    if isinstance(value, float):
+    if type(value) is float:
         return value
+    if isinstance(value, float):  # numpy.float64: a float subclass; hand over a plain one
+        return float(value)
     if isinstance(value, (bool, np.bool_)):
         raise _fail(EncodingType.numeric, name, value, "a bool is not a number here")
     if isinstance(value, numbers.Real):
-        return float(value)
+        out = float(value)
+        # Python compares int and float exactly: 2**53 + 1 does not survive as a float.
+        if out == value or math.isnan(out):
+            return out
+        raise _fail(EncodingType.numeric, name, value, "not exactly representable")
     raise _fail(EncodingType.numeric, name, value)
 
 
@@ -190,6 +218,9 @@ def _cast_str(value: Any, name: str) -> Any:
 
 def _cast_bool(value: Any, name: str) -> Any:
     if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    # 0 and 1 round-trip exactly (int(True) == 1); any other value would be a guess.
+    if isinstance(value, numbers.Integral) and value in (0, 1):
         return bool(value)
     raise _fail(EncodingType.logical, name, value)
 

@@ -9,7 +9,7 @@ import re
 from pprint import pformat
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ScoringError
+from ._errors import ScoringError, ServiceLoadError
 from ._schema import EncodingType, cast_value
 
 if TYPE_CHECKING:
@@ -23,34 +23,51 @@ _HOST = "http://localhost:12800"
 
 
 def class_name_for(name: str) -> str:
-    """The SDK's class name: camel-cased alphanumeric pieces + 'Service'."""
-    pieces = [p for p in re.split(r"[^0-9A-Za-z]+", name) if p]
-    camel = "".join(p[:1].upper() + p[1:].lower() for p in pieces)
-    if not camel or camel[0].isdigit():
+    """The SDK's class name (``to_camel_case(name, prefix='Service') + 'Service'``).
+
+    Non-alphanumerics split the name, each piece is title-cased, and a name that
+    starts with a digit gets the prefix ``Service``: 'TxService' → TxserviceService,
+    '12345' → Service12345Service.
+    """
+    token = "Service" + name if name[:1].isdigit() else name
+    camel = "".join(p.title() for p in re.split(r"[^0-9A-Za-z]+", token))
+    if camel[:1].isdigit():
+        # '!1a' would give '1AService', which is no identifier (the SDK made it anyway).
         camel = "Service" + camel
     return camel + "Service"
 
 
 def _docstring(record: ServiceRecord) -> str:
-    lines = [f"Consume the {record.name} service.", ""]
-    if record.manifest.get("description"):
-        lines += [record.manifest["description"], ""]
-    for name, enc in record.inputs:
-        lines.append(f":param {EncodingType.to_python(enc)} {name}: The required service input.")
-    lines.append(":returns ServiceResponse: The response of the service call, holding:")
-    for name, enc in record.outputs:
-        lines.append(f"    Output: {EncodingType.to_python(enc)} {name}")
-    lines += ["", ":Raises: ValueError if an input cannot be cast losslessly to its type."]
-    return "\n".join(lines)
+    """The SDK's consume docstring, less its HttpException line (no HTTP here)."""
+    inputs = "\n    ".join(f":param {EncodingType.to_python(e)} {n}: The required service input."
+                          for n, e in record.inputs)
+    outputs = "\n        ".join(f"Output: {EncodingType.to_python(e)} {n}"
+                               for n, e in record.outputs)
+    text = (
+        f"Consume the {record.name} service.\n\n"
+        f"    {record.manifest.get('description') or ''}\n\n"
+        f"    {inputs}\n"
+        "    :returns ServiceResponse: The `<ServiceResponse>` object contains the set of\n"
+        "        expected output values and artifacts. The possible outputs include:\n\n"
+        f"        {outputs}\n\n"
+        "    :Raises:\n"
+        "        ValueError: If argument input types do not match the expected service\n"
+        "            input types.\n"
+    )
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r" +\n", "\n", text))
 
 
 def _make_consume(record: ServiceRecord) -> Any:
     """A real function whose signature is the service's inputs (any number of them)."""
     names = [n for n, _ in record.inputs]
     op = record.operation_id
-    params = ", ".join(["self", *names])
+    # The SDK calls the instance `self`; an input may be called that too.
+    this = "self"
+    while this in names:
+        this = "_" + this
+    params = ", ".join([this, *names])
     args = ", ".join(f"{n!r}: {n}" for n in names)
-    src = f"def {op}({params}):\n    return self._consume({{{args}}})\n"
+    src = f"def {op}({params}):\n    return {this}._consume({{{args}}})\n"
     ns: dict[str, Any] = {}
     exec(compile(src, f"<localbatch consume {record.name}>", "exec"), ns)
     fn = ns[op]
@@ -85,14 +102,17 @@ class Service:
 
     @property
     def name(self) -> str:
+        """The service's name."""
         return self._record.name
 
     @property
     def version(self) -> str:
+        """The service's version."""
         return self._record.version
 
     @property
     def api(self) -> str:
+        """The service's endpoint, ``/api/{name}/{version}``."""
         return self._api
 
     # consume --------------------------------------------------------------------
@@ -105,11 +125,17 @@ class Service:
 
         payload = consume(self._record, self._cast_inputs(values),
                           start_method=self._client.start_method)
+        error = payload["errors"][0]
+        if error is not None and error[0] == "ServiceLoadError":
+            # The store, not the user's code, is at fault: say so loudly, not as data.
+            message = error[1].removeprefix("init failed: ")
+            raise ServiceLoadError(f"{self.name} {self.version}: {message}")
         return ServiceResponse.from_payload(self._api, payload, self._record)
 
     # documents -------------------------------------------------------------------
 
     def capabilities(self) -> dict[str, Any]:
+        """The SDK's description of the service: exactly its keys (no ``alias``)."""
         meta = self._service
         inputs = [dict(d) for d in meta["inputParameterDefinitions"]]
         outputs = [dict(d) for d in meta["outputParameterDefinitions"]]
@@ -137,7 +163,8 @@ class Service:
                 "capabilities": "capabilities()",
                 "swagger": "swagger(json=True)",
                 "get_batch": "get_batch(execution_id)",
-                "list_batch_executions": "list_batch_executions()",
+                # The SDK's key and text; localbatch has the method under that name too.
+                "list_batch_execution": "list_batch_execution()",
                 "batch": "batch(records, parallel_count=10)",
             },
         }
@@ -166,6 +193,7 @@ class Service:
         return Batch(self, records, parallel_count, **options)
 
     def get_batch(self, execution_id: str) -> Batch:
+        """The ``Batch`` of an execution of this service version, by id."""
         from ._batch import Batch
 
         batch = Batch(self, execution_id=execution_id)
@@ -203,6 +231,7 @@ def _schema_of(defs: list[dict[str, str]]) -> dict[str, Any]:
 
 
 def swagger_document(record: ServiceRecord, api: str) -> str:
+    """The Swagger 2.0 document of a service, as JSON text (consume and batch paths)."""
     meta = record.meta()
     op = record.operation_id
     batch = f"{api}/batch"
@@ -316,6 +345,7 @@ class ServiceResponse:
     @classmethod
     def from_payload(cls, api: str, payload: dict[str, Any], record: ServiceRecord
                      ) -> ServiceResponse:
+        """A response from a worker's row payload (the first row of it)."""
         from ._columns import decode_one
 
         error = payload["errors"][0]
@@ -338,22 +368,27 @@ class ServiceResponse:
 
     @property
     def api(self) -> str:
+        """The service's endpoint, ``/api/{name}/{version}``."""
         return self._api
 
     @property
     def error(self) -> str:
+        """``'Type: message'`` of what the code raised, ``''`` on success."""
         return self._error
 
     @property
     def console_output(self) -> str:
+        """What the call printed to stdout and stderr."""
         return self._console
 
     @property
     def raw_outputs(self) -> dict[str, Any]:
+        """The outputs in their JSON-like wire form, as the SDK's ``outputParameters``."""
         return self._raw
 
     @property
     def outputs(self) -> dict[str, Any]:
+        """One entry per declared output, cast to its Python type (None if missing)."""
         if self._outputs is None:
             self._outputs = {d["name"]: EncodingType.cast_to_python(d["type"],
                                                                     self._raw.get(d["name"]))
@@ -361,14 +396,17 @@ class ServiceResponse:
         return {d["name"]: self._outputs.get(d["name"]) for d in self._schema}
 
     def output(self, output_name: str) -> Any:
+        """``outputs.get(output_name)``."""
         return self.outputs.get(output_name)
 
     @property
     def artifacts(self) -> dict[str, str | None]:
+        """``{declared file name: base64 text, or None if the call did not write it}``."""
         return self._artifacts
 
     def artifact(self, artifact_name: str, decode: bool = True, encoding: str | None = None
                  ) -> Any:
+        """A file artifact as bytes (``decode=False``: its base64 text; ``encoding``: str)."""
         value = self._artifacts.get(artifact_name)
         if value is None or not decode:
             return value
@@ -385,7 +423,7 @@ class ServiceResponse:
         return self
 
     def __str__(self) -> str:
-        return (f"<ServiceResponse> \n   api: {self._api}\n   error: {self._error}\n"
+        return (f"<ServiceResponse> \n   api: {self._api} \n   error: {self._error}\n"
                 f"   console_output: {self._console}\n   outputs: {self.outputs}\n"
                 f"   raw_outputs: {self._raw}\n   artifacts: {self._artifacts}")
 
