@@ -1,90 +1,235 @@
 """A drop-in for code written against the SDK: ``azureml.deploy`` backed by localbatch.
 
-``install_azureml()`` puts modules ``azureml``, ``azureml.deploy`` and
-``azureml.deploy.server`` (plus ``azureml.deploy.operationalization`` and
-``azureml.common``) into ``sys.modules``, exposing localbatch's classes under the
-SDK's paths, and returns a handle whose ``uninstall()`` takes them out again;
-``with azureml():`` is the scoped form. ``DeployClient(HOST, use=MLServer,
-auth=...)`` then opens the default local store (``$LOCALBATCH_HOME``).
+Application code written for Machine Learning Server runs unchanged::
+
+    from localbatch.compat import install_azureml
+
+    dropin = install_azureml()             # or: with localbatch.compat.azureml(): ...
+    from azureml.deploy import DeployClient
+    from azureml.deploy.server import MLServer
+
+    client = DeployClient("http://localhost:12800", use=MLServer, auth=("admin", "pw"))
+    ...                                    # get_service, batch, results, artifacts
+    dropin.uninstall()
+
+``install_azureml()`` puts the modules ``azureml``, ``azureml.deploy``,
+``azureml.deploy.server`` (with ``.service``, ``.mlserver``,
+``.encoding_type``), ``azureml.deploy.operationalization``,
+``azureml.deploy.deploy_client`` and ``azureml.common.http_client`` into
+``sys.modules``, exposing localbatch's classes under the SDK's paths. It refuses
+to shadow a real ``azureml`` package that is already imported.
+
+The drop-in's ``DeployClient`` is localbatch's, with two differences for code
+written against a server: an http(s) host (or none) opens the drop-in's store
+(``home``, else ``$LOCALBATCH_HOME``, else the per-user default), and a missing
+service raises :class:`HttpException` with status 404, as ML Server does (it
+is a ``ServiceNotFoundError`` too). Modules imported while the drop-in was
+installed keep the classes they bound; those classes follow the drop-in that is
+installed when they are called.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
+import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
-from .._errors import ConfigurationError, LocalBatchError
+import localbatch as lb
 
-__all__ = ["DropIn", "HttpException", "azureml", "install_azureml"]
+from .._client import default_store
+from .._definition import OperationalizationDefinition
+from .._errors import ConfigurationError, LocalBatchError, ServiceNotFoundError
+
+__all__ = ["DeployClient", "DropIn", "HttpException", "HttpNotFound", "azureml",
+           "install_azureml"]
 
 _MARK = "__localbatch_dropin__"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class HttpException(LocalBatchError):
-    """The SDK's HTTP error, importable for ``except`` clauses; no HTTP happens locally."""
+    """The SDK's ``azureml.common.http_client.HttpException``; locally, a failed lookup."""
 
     def __init__(self, status: int | None = None, reason: str | None = None,
-                 resp: object = None) -> None:
-        super().__init__(f"({status})\nReason: {reason}\n")
-        self.status, self.reason, self.body, self.headers = status, reason, None, None
+                 resp: Any = None) -> None:
+        if resp is not None:
+            status = getattr(resp, "status_code", status)
+            reason = getattr(resp, "reason", reason)
+        self.status, self.reason = status, reason
+        self.body = getattr(resp, "text", None)
+        self.headers = getattr(resp, "headers", None)
+        super().__init__(status, reason)
+
+    def __str__(self) -> str:
+        text = f"({self.status})\nReason: {self.reason}\n"
+        if self.headers:
+            text += f"HTTP response headers: {self.headers}\n"
+        if self.body:
+            text += f"HTTP response body: {self.body}\n"
+        return text
 
 
-def _modules() -> dict[str, types.ModuleType]:
-    import localbatch as lb
+class HttpNotFound(HttpException, ServiceNotFoundError):
+    """A missing service: ML Server answers 404, so SDK code catches ``HttpException``."""
 
-    from .._definition import OperationalizationDefinition
 
-    def module(name: str, **attrs: object) -> types.ModuleType:
-        mod = types.ModuleType(name, f"localbatch drop-in for {name}")
-        setattr(mod, _MARK, True)
-        mod.__dict__.update(attrs)
-        mod.__all__ = sorted(k for k in attrs if not k.startswith("_"))  # type: ignore[attr-defined]
-        return mod
+def _not_found_as_http(method: _F) -> _F:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except HttpException:
+            raise
+        except ServiceNotFoundError as exc:
+            raise HttpNotFound(404, str(exc)) from None
 
-    server_names = dict(MLServer=lb.MLServer, MLServerAdapter=lb.MLServer, Service=lb.Service,
-                        ServiceResponse=lb.ServiceResponse, Batch=lb.Batch,
-                        BatchResponse=lb.BatchResponse, EncodingType=lb.EncodingType)
-    server = module("azureml.deploy.server", **server_names)
-    server.__path__ = []  # type: ignore[attr-defined]
-    service = module("azureml.deploy.server.service", **server_names)
-    mlserver = module("azureml.deploy.server.mlserver", MLServer=lb.MLServer)
-    encoding = module("azureml.deploy.server.encoding_type", EncodingType=lb.EncodingType)
-    operationalization = module(
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    home: Path | None
+    engine: Any
+
+
+def _is_server_host(host: Any) -> bool:
+    return host is None or (isinstance(host, str)
+                            and host.lower().startswith(("http://", "https://")))
+
+
+class DeployClient(lb.DeployClient):
+    """``azureml.deploy.DeployClient`` under the drop-in: the SDK's constructor, locally.
+
+    ``DeployClient(HOST, use=MLServer, auth=...)`` with an http(s) ``HOST`` (or
+    ``None``) opens the installed drop-in's store; a path opens that store. The
+    drop-in's ``engine`` is the default for ``engine``.
+    """
+
+    def __init__(self, host: Any = None, auth: Any = None, use: Any = None, *,
+                 engine: Any = None, start_method: str | None = None) -> None:
+        settings = _settings()
+        if settings is not None:
+            if settings.home is not None and _is_server_host(host):
+                host = settings.home
+            if engine is None:
+                engine = settings.engine
+        super().__init__(host, auth, use, engine=engine, start_method=start_method)
+
+    get_service = _not_found_as_http(lb.DeployClient.get_service)
+    delete_service = _not_found_as_http(lb.DeployClient.delete_service)
+    redeploy_service = _not_found_as_http(lb.DeployClient.redeploy_service)
+    redeploy_realtime = _not_found_as_http(lb.DeployClient.redeploy_realtime)
+    create_or_update_service_pool = _not_found_as_http(
+        lb.DeployClient.create_or_update_service_pool)
+    get_service_pool_status = _not_found_as_http(lb.DeployClient.get_service_pool_status)
+    delete_service_pool = _not_found_as_http(lb.DeployClient.delete_service_pool)
+
+
+def _module(name: str, **attrs: Any) -> types.ModuleType:
+    mod = types.ModuleType(name, f"localbatch drop-in for {name}")
+    setattr(mod, _MARK, True)
+    mod.__dict__.update(attrs)
+    mod.__all__ = sorted(k for k, v in attrs.items()  # type: ignore[attr-defined]
+                         if not isinstance(v, types.ModuleType))
+    return mod
+
+
+def _package(name: str, **attrs: Any) -> types.ModuleType:
+    mod = _module(name, **attrs)
+    mod.__path__ = []  # type: ignore[attr-defined]  # a package: submodules resolve
+    return mod
+
+
+def _build_modules() -> dict[str, types.ModuleType]:
+    """The SDK's module tree, each module exposing localbatch's classes."""
+    service_names = dict(Service=lb.Service, WebServiceService=lb.Service,
+                         ServiceResponse=lb.ServiceResponse, Batch=lb.Batch,
+                         BatchResponse=lb.BatchResponse)
+    service = _module("azureml.deploy.server.service", **service_names)
+    mlserver = _module("azureml.deploy.server.mlserver", MLServer=lb.MLServer)
+    encoding = _module("azureml.deploy.server.encoding_type", EncodingType=lb.EncodingType)
+    server = _package("azureml.deploy.server", MLServer=lb.MLServer, MLServerAdapter=lb.MLServer,
+                      EncodingType=lb.EncodingType, **service_names, service=service,
+                      mlserver=mlserver, encoding_type=encoding)
+    operationalization = _module(
         "azureml.deploy.operationalization", Operationalization=lb.Operationalization,
         OperationalizationDefinition=OperationalizationDefinition,
         ServiceDefinition=lb.ServiceDefinition, RealtimeDefinition=lb.RealtimeDefinition)
-    deploy = module("azureml.deploy", DeployClient=lb.DeployClient,
-                    Operationalization=lb.Operationalization,
-                    ServiceDefinition=lb.ServiceDefinition,
-                    RealtimeDefinition=lb.RealtimeDefinition, MLServerAdapter=lb.MLServer,
-                    server=server, operationalization=operationalization)
-    deploy.__path__ = []  # type: ignore[attr-defined]
-    http_client = module("azureml.common.http_client", HttpException=HttpException)
-    common = module("azureml.common", http_client=http_client)
-    common.__path__ = []  # type: ignore[attr-defined]
-    root = module("azureml", deploy=deploy, common=common)
-    root.__path__ = []  # type: ignore[attr-defined]
-    server.service, server.mlserver, server.encoding_type = service, mlserver, encoding  # type: ignore[attr-defined]
-    return {m.__name__: m for m in (root, deploy, server, service, mlserver, encoding,
-                                      operationalization, common, http_client)}
+    deploy_client = _module("azureml.deploy.deploy_client", DeployClient=DeployClient)
+    deploy = _package("azureml.deploy", DeployClient=DeployClient,
+                      Operationalization=lb.Operationalization,
+                      ServiceDefinition=lb.ServiceDefinition,
+                      RealtimeDefinition=lb.RealtimeDefinition, MLServerAdapter=lb.MLServer,
+                      server=server, operationalization=operationalization,
+                      deploy_client=deploy_client)
+    http_client = _module("azureml.common.http_client", HttpException=HttpException)
+    common = _package("azureml.common", http_client=http_client)
+    root = _package("azureml", deploy=deploy, common=common)
+    mods = (root, deploy, deploy_client, operationalization, server, service, mlserver,
+            encoding, common, http_client)
+    return {m.__name__: m for m in mods}
+
+
+# Installs nest: the modules go in with the first handle and out with the last;
+# the innermost handle's settings apply.
+_LOCK = threading.RLock()
+_STACK: list[DropIn] = []
+_INSTALLED: dict[str, types.ModuleType] = {}
+
+
+def _settings() -> _Settings | None:
+    with _LOCK:
+        return _STACK[-1]._settings if _STACK else None
+
+
+def _foreign_azureml() -> list[str]:
+    """Names of ``azureml`` modules in ``sys.modules`` that are not the drop-in's."""
+    return sorted(name for name, mod in list(sys.modules.items())
+                  if (name == "azureml" or name.startswith("azureml."))
+                  and not getattr(mod, _MARK, False))
 
 
 class DropIn:
-    """Handle of an installed drop-in; ``uninstall()`` restores ``sys.modules``."""
+    """An installed drop-in; ``uninstall()`` (or leaving its ``with``) takes it out."""
 
-    def __init__(self, names: list[str]) -> None:
-        self._names = names
+    def __init__(self, settings: _Settings) -> None:
+        self._settings = settings
         self.installed = True
 
+    @property
+    def store(self) -> Path:
+        """The store ``DeployClient(HOST, use=MLServer, ...)`` opens under this drop-in."""
+        return self._settings.home if self._settings.home is not None else default_store()
+
+    @property
+    def engine(self) -> Any:
+        """The default engine of the drop-in's clients (None: localbatch's default)."""
+        return self._settings.engine
+
+    @property
+    def modules(self) -> list[str]:
+        """The module names the drop-in puts into ``sys.modules``."""
+        return sorted(_INSTALLED)
+
     def uninstall(self) -> None:
-        if self.installed:
-            for name in self._names:
-                mod = sys.modules.get(name)
-                if mod is not None and getattr(mod, _MARK, False):
-                    del sys.modules[name]
+        """Take the drop-in out; the last handle out removes its modules. Idempotent."""
+        with _LOCK:
+            if not self.installed:
+                return
             self.installed = False
+            _STACK.remove(self)
+            if _STACK:
+                return
+            for name, mod in _INSTALLED.items():
+                if sys.modules.get(name) is mod:
+                    del sys.modules[name]
+            _INSTALLED.clear()
 
     def __enter__(self) -> DropIn:
         return self
@@ -92,23 +237,48 @@ class DropIn:
     def __exit__(self, *exc: object) -> None:
         self.uninstall()
 
+    def __repr__(self) -> str:
+        state = "installed" if self.installed else "uninstalled"
+        return f"<DropIn {state} store={str(self.store)!r} engine={self.engine!r}>"
 
-def install_azureml() -> DropIn:
-    """Install the ``azureml`` drop-in; refuses to shadow a real, imported ``azureml``."""
-    existing = sys.modules.get("azureml")
-    if existing is not None and not getattr(existing, _MARK, False):
-        raise ConfigurationError(
-            "a real `azureml` package is already imported: the localbatch drop-in will not "
-            "shadow it (run in a fresh interpreter, or uninstall azureml-model-management-sdk)")
-    mods = _modules()
-    sys.modules.update(mods)
-    return DropIn(list(mods))
+
+def install_azureml(home: str | Path | None = None, *, engine: Any = None) -> DropIn:
+    """Install the ``azureml`` drop-in into ``sys.modules``; returns its handle.
+
+    ``home``: the store that ``DeployClient`` opens for an http(s) host (default:
+    ``$LOCALBATCH_HOME``, else the per-user store). ``engine``: the default engine
+    of its clients, e.g. ``"inline"`` to run rows in this process. Raises
+    ``ConfigurationError`` rather than shadow a real ``azureml`` already imported.
+    """
+    settings = _Settings(None if home is None else Path(home).expanduser().resolve(), engine)
+    _check_engine(engine)
+    with _LOCK:
+        foreign = _foreign_azureml()
+        if foreign:
+            raise ConfigurationError(
+                f"a real `azureml` package is already imported ({', '.join(foreign[:3])}): "
+                "the localbatch drop-in will not shadow it. Run the code in a fresh "
+                "interpreter, or without azureml-model-management-sdk installed.")
+        if not _STACK:
+            _INSTALLED.update(_build_modules())
+        sys.modules.update(_INSTALLED)
+        handle = DropIn(settings)
+        _STACK.append(handle)
+        return handle
+
+
+def _check_engine(engine: Any) -> None:
+    """Fail at install, not at the first batch, on a bad engine name."""
+    from .._executors import get_engine
+
+    if engine is not None:
+        get_engine(engine)
 
 
 @contextlib.contextmanager
-def azureml() -> Iterator[DropIn]:
-    """Scoped form: ``with localbatch.compat.azureml(): ...``."""
-    handle = install_azureml()
+def azureml(home: str | Path | None = None, *, engine: Any = None) -> Iterator[DropIn]:
+    """Scoped form of :func:`install_azureml`: ``with localbatch.compat.azureml(): ...``."""
+    handle = install_azureml(home, engine=engine)
     try:
         yield handle
     finally:
