@@ -205,7 +205,10 @@ class WorkerProcess:
         finally:
             child.close()
         self.conn = Connection(parent.detach())
-        self.send(("load", load, limits))
+        try:
+            self.send(("load", load, limits))
+        except OSError:
+            pass  # it died already: the supervisor sees the closed connection next poll
 
     def send(self, msg: Any) -> None:
         assert self.conn is not None

@@ -44,7 +44,10 @@ from ._store import ExecutionStore, OwnerLock
 __all__ = ["BatchOptions", "RUNNING", "Supervisor", "input_chunks"]
 
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
-UNBLAMED_DEATHS = 6  # consecutive deaths outside any row, with no progress, before Failed
+# Deaths outside any row (while starting, between rows) with no progress in between,
+# per worker slot and attempt, before the batch is Failed: an init that crashes
+# its process fails fast, random outside kills (the OOM killer) do not.
+UNBLAMED_DEATHS = 3
 TARGET_CHUNK_SECONDS = 0.05
 MAX_CHUNK = 10_000
 
@@ -355,7 +358,8 @@ class Supervisor:
             # Deaths that no row can be blamed for (while starting, between rows) are
             # only fatal when they keep happening with no progress in between.
             self._unblamed_deaths += 1
-            if self._unblamed_deaths > UNBLAMED_DEATHS and not self._init_error:
+            limit = UNBLAMED_DEATHS * self.options.max_attempts * self.options.parallel_count
+            if self._unblamed_deaths > limit and not self._init_error:
                 stage = "while starting" if not w.ready else "outside any row"
                 self._init_error = (f"init failed: {why} {stage}" if not w.ready else
                                     f"workers keep dying {stage}: {why}")

@@ -87,6 +87,12 @@ def _writes_globals(code: types.CodeType) -> bool:
     return any(isinstance(c, types.CodeType) and _writes_globals(c) for c in code.co_consts)
 
 
+def _functions_of(ns: dict[str, Any]) -> list[Any]:
+    """Python functions whose globals are ``ns`` (the service function and its helpers)."""
+    return [v for v in ns.values() if isinstance(v, types.FunctionType)
+            and v.__globals__ is ns]
+
+
 def _rebind(fn: Any, ns: dict[str, Any]) -> Any:
     new = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
     new.__kwdefaults__ = fn.__kwdefaults__
@@ -99,12 +105,24 @@ def _loads(blob: bytes, label: str, manifest: dict[str, Any]) -> Any:
     try:
         return cloudpickle.loads(blob)
     except Exception as exc:
-        saved = manifest.get("versions", {})
-        here = ".".join(map(str, sys.version_info[:3]))
         raise ServiceLoadError(
             f"cannot load {label} of service {manifest['name']} {manifest['version']}: "
-            f"{type(exc).__name__}: {exc} (saved with Python {saved.get('python')}, "
-            f"cloudpickle {saved.get('cloudpickle')}; this is Python {here})") from exc
+            f"{type(exc).__name__}: {exc} ({_version_skew(manifest.get('versions', {}))})"
+        ) from exc
+
+
+def _version_skew(saved: dict[str, Any]) -> str:
+    """Saved versions beside this interpreter's, naming the ones that differ."""
+    here = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for name in saved:
+        mod = sys.modules.get(name)
+        if name != "python" and mod is not None:
+            here[name] = str(getattr(mod, "__version__", "?"))
+    shown = {"python": "Python"}
+    differ = [f"saved with {shown.get(k, k)} {v}, this is {shown.get(k, k)} {here[k]}"
+              for k, v in saved.items() if k in here and here[k] != v]
+    listed = ", ".join(f"{k} {v}" for k, v in saved.items())
+    return ("version skew: " + "; ".join(differ) if differ else f"saved with {listed}")
 
 
 class Runtime:
@@ -163,12 +181,15 @@ class Runtime:
         else:
             ns.update(values)
         snapshot = dict(ns)
-        if _writes_globals(fn.__code__):
-            # Each call gets a fresh copy of the post-init globals.
-            code, name, defaults, closure = fn.__code__, fn.__name__, fn.__defaults__, \
-                fn.__closure__
-            self._call = lambda args: types.FunctionType(
-                code, dict(snapshot), name, defaults, closure)(*args)
+        if any(_writes_globals(f.__code__) for f in [fn, *_functions_of(ns)]):
+            # Each call gets a fresh copy of the post-init globals: the namespace the
+            # function and its helpers share is reset to the snapshot before the call.
+            def call(args: Sequence[Any]) -> Any:
+                ns.clear()
+                ns.update(snapshot)
+                return fn(*args)
+
+            self._call = call
         else:
             # Nothing in the code can rebind a global, so one shared namespace is
             # indistinguishable from a fresh copy per call, and much cheaper.
@@ -226,6 +247,7 @@ class Runtime:
         fd_row = cap_fd if per_row_fd else None
         marks = [0] * n
         call, to_outputs, set_slot = self._call, self._to_outputs, (slot or Slot(None)).set
+        home = os.getcwd()
         try:
             for k in range(n):
                 args = [c[k] for c in cols]
@@ -253,6 +275,10 @@ class Runtime:
         finally:
             sys.stdout, sys.stderr = real_out, real_err
             set_slot(-1, 0.0)
+            # A row that changed directory must not move later calls (checked per
+            # chunk, not per row: a syscall per row costs more than a trivial row).
+            if os.getcwd() != home:
+                os.chdir(home)
         if per_row_fd:
             self._fd_watch_rows = max(0, self._fd_watch_rows - n)
         elif cap_fd is not None and n and _fd_size(cap_fd) != cap_pos:

@@ -80,7 +80,7 @@ def run_seed(svc, store: Path, seed: int, rows: int, mean: float) -> dict[str, i
     mismatches = int((out.loc[ok, "y"].to_numpy() != expected[out.index[ok]]).sum())
     failed = out.index[~ok].tolist()
     bad_failures = [i for i in failed if resp.execution(i).attempts < 3]
-    retried = sum(resp.execution(i).attempts > 1 for i in range(rows)) if kills else 0
+    retried = sum(resp.execution(i).attempts > 1 for i in out.index) if kills else 0
     return {"state_ok": int(resp.state == "Complete"), "kills": len(kills),
             "retried_rows": int(retried), "failed_rows": len(failed),
             "bad_failures": len(bad_failures), "mismatches": mismatches,
