@@ -6,11 +6,16 @@
         .inputs(hp=float, wt=float).outputs(answer=pd.DataFrame).deploy()
     batch = svc.batch(frame, parallel_count=10).start()
     batch.wait().to_frame()
+
+Public names are resolved on first use, so worker processes (which import
+``localbatch._worker``) and the pytest plugin do not pay for the whole facade.
 """
 
-from ._batch import Batch, BatchResponse
-from ._client import DeployClient, MLServer, Operationalization
-from ._definition import RealtimeDefinition, ServiceDefinition
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._errors import (
     ArtifactNotFoundError,
     BatchError,
@@ -33,9 +38,27 @@ from ._errors import (
     StoreCorruptedError,
     StoreError,
 )
-from ._schema import EncodingType
-from ._service import Service, ServiceResponse
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._batch import Batch, BatchResponse
+    from ._client import DeployClient, MLServer, Operationalization
+    from ._definition import RealtimeDefinition, ServiceDefinition
+    from ._schema import EncodingType
+    from ._service import Service, ServiceResponse
+
+_LAZY = {
+    "Batch": "._batch",
+    "BatchResponse": "._batch",
+    "DeployClient": "._client",
+    "EncodingType": "._schema",
+    "MLServer": "._client",
+    "Operationalization": "._client",
+    "RealtimeDefinition": "._definition",
+    "Service": "._service",
+    "ServiceDefinition": "._definition",
+    "ServiceResponse": "._service",
+}
 
 __all__ = [
     "ArtifactNotFoundError",
@@ -70,3 +93,16 @@ __all__ = [
     "StoreError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'localbatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

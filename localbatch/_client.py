@@ -213,8 +213,14 @@ class MLServer(Operationalization):
         return Batch(Service(record, self), execution_id=execution_id)
 
     def close(self) -> None:
-        """Stop this process's idle warm workers now (they also stop at exit)."""
+        """Stop this process's idle warm workers now (they also stop at exit).
+
+        Inline services loaded in this process are forgotten too.
+        """
+        from ._executors import clear_inline_runtimes
+
         WORKER_POOL.close()
+        clear_inline_runtimes()
 
     def __enter__(self) -> MLServer:
         return self

@@ -24,7 +24,16 @@ from ._runner import BatchOptions, Supervisor, input_chunks
 from ._store import ExecutionStore, OwnerLock
 from ._worker import Runtime
 
-__all__ = ["Engine", "InlineEngine", "LocalEngine", "RunContext", "RunHandle", "get_engine"]
+__all__ = [
+    "Engine",
+    "InlineEngine",
+    "LocalEngine",
+    "RunContext",
+    "RunHandle",
+    "clear_inline_runtimes",
+    "get_engine",
+    "inline_runtime",
+]
 
 
 @dataclass
@@ -93,16 +102,23 @@ _RUNTIMES: dict[str, Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
-def _inline_runtime(record: ServiceRecord, limits: dict[str, int]) -> Runtime:
+def inline_runtime(record: ServiceRecord, limits: dict[str, int]) -> Runtime:
     """One initialised runtime per revision in this process (init runs once)."""
     key = f"{record.path}|{sorted(limits.items())}"
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.get(key)
         if runtime is None:
             runtime = Runtime(record.manifest, Registry.read_blobs(record), limits or None)
+            runtime.inline = True
             runtime.initialize()
             _RUNTIMES[key] = runtime
         return runtime
+
+
+def clear_inline_runtimes() -> None:
+    """Forget loaded inline services (``client.close()``): the next use runs init again."""
+    with _RUNTIMES_LOCK:
+        _RUNTIMES.clear()
 
 
 class InlineEngine(Engine):
@@ -127,12 +143,13 @@ class InlineEngine(Engine):
     def _run(self, ctx: RunContext) -> None:
         committer = ctx.committer
         try:
-            runtime = _inline_runtime(ctx.record, ctx.options.limits)
+            runtime = inline_runtime(ctx.record, ctx.options.limits)
         except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error
             committer.set_state("Failed", error=f"init failed: {type(exc).__name__}: {exc}",
                                 resumable=False, ended=now_iso())
             return
         committer.set_state("InProgress", started=now_iso())
+        failed = committer.failed_count
         for indices, columns in input_chunks(ctx.store, committer.id, ctx.record.inputs,
                                              committer.recorded):
             for start in range(0, len(indices), self.chunk_rows):
@@ -144,6 +161,14 @@ class InlineEngine(Engine):
                 payload = runtime.run_rows(indices[start:stop],
                                            {k: v[start:stop] for k, v in columns.items()})
                 committer.add(payload, {})
+                failed += sum(e is not None for e in payload["errors"])
+                limit = ctx.options.error_threshold
+                if limit is not None and failed > limit:
+                    committer.commit()
+                    committer.set_state("Failed", resumable=False, ended=now_iso(), error=(
+                        f"error threshold exceeded: {failed} rows failed "
+                        f"(error_threshold={limit})"))
+                    return
                 if committer.due():
                     committer.commit()
         committer.commit()

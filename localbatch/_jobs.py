@@ -20,7 +20,7 @@ from ._errors import (
     SchemaError,
     StoreError,
 )
-from ._executors import Engine, RunContext, RunHandle
+from ._executors import Engine, RunContext, RunHandle, inline_runtime
 from ._logging import execution_logger
 from ._pool import WORKER_POOL, WorkerProcess, describe_exit
 from ._registry import Registry, ServiceRecord
@@ -273,8 +273,14 @@ def with_suppress_unlink(path: Path) -> None:
 
 
 def consume(record: ServiceRecord, values: dict[str, Any], *, start_method: str = "spawn",
-            init_timeout: float = 300.0, timeout: float | None = None) -> dict[str, Any]:
-    """Run one call in a warm worker of the service; returns the worker's row payload."""
+            init_timeout: float = 300.0, timeout: float | None = None,
+            engine: Engine | None = None) -> dict[str, Any]:
+    """Run one call in a warm worker of the service; returns the worker's row payload.
+
+    With an engine that does not isolate rows (``inline``) the call runs here.
+    """
+    if engine is not None and not engine.isolates_rows:
+        return _consume_inline(record, values)
     key = (str(record.path), start_method, ())
     taken = WORKER_POOL.take_idle(key, 1)
     worker = taken[0] if taken else _start_worker(record, key, start_method, init_timeout)
@@ -293,6 +299,15 @@ def consume(record: ServiceRecord, values: dict[str, Any], *, start_method: str 
         return _failed_call("WorkerDied", describe_exit(worker.exitcode), worker.pid)
     WORKER_POOL.give_back([worker])
     return dict(msg[2])
+
+
+def _consume_inline(record: ServiceRecord, values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        runtime = inline_runtime(record, {})
+    except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error too
+        payload = _failed_call(type(exc).__name__, f"init failed: {exc}", os.getpid())
+        return payload
+    return runtime.run_rows([0], {k: [v] for k, v in values.items()})
 
 
 def _start_worker(record: ServiceRecord, key: tuple[Any, ...], start_method: str,

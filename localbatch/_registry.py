@@ -348,6 +348,9 @@ def build_revision(spec: ServiceSpec, reserved: Iterable[str] = ()
         for key, value in values.items():
             blobs[f"{group}-{key}.pkl"] = _pickle(value, f"{group} {key!r}", [value])
     code_text, init_text = _code_text(spec, inputs, outputs)
+    code_files = {key: fn.__code__.co_filename for key, fn in
+                  (("code", spec.code_fn), ("init", spec.init_fn))
+                  if fn is not None and hasattr(fn, "__code__")}
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": spec.name,
@@ -360,6 +363,7 @@ def build_revision(spec: ServiceSpec, reserved: Iterable[str] = ()
         "runtime": spec.runtime,
         "vectorized": bool(spec.vectorized),
         "code_text": code_text,
+        "code_files": code_files,
         "init_text": init_text,
         "code_str": spec.code_str,
         "init_str": spec.init_str,

@@ -121,10 +121,12 @@ class Service:
         return {name: cast_value(enc, values[name], name) for name, enc in self._record.inputs}
 
     def _consume(self, values: dict[str, Any]) -> ServiceResponse:
+        from ._executors import get_engine
         from ._jobs import consume
 
         payload = consume(self._record, self._cast_inputs(values),
-                          start_method=self._client.start_method)
+                          start_method=self._client.start_method,
+                          engine=get_engine(self._client.engine))
         error = payload["errors"][0]
         if error is not None and error[0] == "ServiceLoadError":
             # The store, not the user's code, is at fault: say so loudly, not as data.

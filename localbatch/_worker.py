@@ -19,7 +19,6 @@ memory slot, so the supervisor can charge a death or a timeout to that row.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
 import dis
@@ -36,7 +35,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from ._columns import encode_column, kind_for_encoding
 from ._errors import SchemaError, ServiceLoadError
 from ._schema import EncodingType, cast_value
 
-__all__ = ["Runtime", "Slot", "main", "run_inline"]
+__all__ = ["Runtime", "Slot", "main"]
 
 SLOT = struct.Struct("<qd")
 #: Rows watched one by one for fd-level output (C code, child processes) after
@@ -138,6 +137,8 @@ class Runtime:
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self._blobs = blobs
         self._fd_watch_rows = FD_WATCH_ROWS
+        #: Rows run in the caller's process (engine="inline"): breakpoints reach the terminal.
+        self.inline = False
         self._call: Callable[[Sequence[Any]], Any] = _unloaded
         self._multi_ok = len(self.outputs) > 1 or (
             bool(self.outputs) and self.outputs[0][1] is not EncodingType.dataframe)
@@ -168,18 +169,22 @@ class Runtime:
 
     def _init_fn(self, values: dict[str, Any]) -> None:
         fn = _loads(self._blobs["code.pkl"], "code_fn", self.manifest)
+        files = self.manifest.get("code_files") or {}
         # The function's own captured globals are shared with helpers pickled beside
         # it, so models go into that dict: helpers then see them as globals too.
         ns = fn.__globals__
         ns.setdefault("__builtins__", builtins)
         if "init.pkl" in self._blobs:
             init = _loads(self._blobs["init.pkl"], "init_fn", self.manifest)
+            _restore_filenames([init], files.get("init"))
             for key, value in init.__globals__.items():
                 ns.setdefault(key, value)
             ns.update(values)
             _rebind(init, ns)()
         else:
             ns.update(values)
+        _restore_filenames([fn, *(f for f in _functions_of(ns)
+                                  if f.__module__ == fn.__module__)], files.get("code"))
         snapshot = dict(ns)
         if any(_writes_globals(f.__code__) for f in [fn, *_functions_of(ns)]):
             # Each call gets a fresh copy of the post-init globals: the namespace the
@@ -248,7 +253,9 @@ class Runtime:
         marks = [0] * n
         call, to_outputs, set_slot = self._call, self._to_outputs, (slot or Slot(None)).set
         home = os.getcwd()
+        debug = _debuggable(real_out) if self.inline else contextlib.nullcontext()
         try:
+            debug.__enter__()
             for k in range(n):
                 args = [c[k] for c in cols]
                 t = time.time()
@@ -273,6 +280,7 @@ class Runtime:
                         cap_pos = size
                         self._fd_watch_rows = FD_WATCH_ROWS
         finally:
+            debug.__exit__(None, None, None)
             sys.stdout, sys.stderr = real_out, real_err
             set_slot(-1, 0.0)
             # A row that changed directory must not move later calls (checked per
@@ -508,17 +516,39 @@ def _collect(work: Path, names: list[str], cap: int) -> dict[str, bytes]:
     return files
 
 
-# -- inline (in-process) execution ---------------------------------------------------
+@contextlib.contextmanager
+def _debuggable(real_out: Any) -> Iterator[None]:
+    """Inline rows: ``breakpoint()`` talks to the terminal, not to the row's capture."""
+    if sys.breakpointhook is not sys.__breakpointhook__ or os.environ.get("PYTHONBREAKPOINT"):
+        yield
+        return
+
+    def hook(*args: Any, **kwargs: Any) -> None:
+        import pdb
+
+        pdb.Pdb(stdout=real_out).set_trace(sys._getframe(1))
+
+    sys.breakpointhook = hook
+    try:
+        yield
+    finally:
+        sys.breakpointhook = sys.__breakpointhook__
 
 
-def run_inline(runtime: Runtime, indices: Sequence[int], columns: dict[str, Sequence[Any]]
-               ) -> dict[str, Any]:
-    """Run rows in this process (engine="inline"): same results, no crash isolation."""
-    return runtime.run_rows(indices, columns)
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_with_filename(c, filename) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
-def b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+def _restore_filenames(fns: Sequence[Any], filename: str | None) -> None:
+    """cloudpickle 3 names by-value code "<dynamic-code>": give tracebacks, pdb and
+    breakpoints the real file back (line numbers are kept)."""
+    if not filename:
+        return
+    for fn in fns:
+        if fn.__code__.co_filename == "<dynamic-code>":
+            fn.__code__ = _with_filename(fn.__code__, filename)
 
 
 # -- process entry points ------------------------------------------------------------

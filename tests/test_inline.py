@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from localbatch import DeployClient
 
@@ -184,9 +183,6 @@ print("ROW CONSOLE", repr(res.execution(0).console_output))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="Runtime.run_rows swaps sys.stdout for its capture "
-                   "buffer, so pdb (which binds sys.stdout when created) prints its prompt "
-                   "and answers into the row's console_output, not to the terminal")
 def test_breakpoint_in_an_inline_row_talks_to_the_terminal(tmp_path):
     script = tmp_path / "debug_me.py"
     script.write_text(DEBUG_SCRIPT.format(store=str(tmp_path / "store")))
@@ -206,8 +202,6 @@ def fail_on_three(a):
     return a
 
 
-@pytest.mark.xfail(strict=True, reason="InlineEngine._run never checks "
-                   "options.error_threshold (LocalEngine and DaskEngine do)")
 def test_inline_honours_error_threshold(client):
     svc = _deploy(client, fail_on_three, "Threshold", output=float)
     records = pd.DataFrame({"a": [3.0] * 4})
@@ -217,8 +211,6 @@ def test_inline_honours_error_threshold(client):
     assert (inline.state, inline.error) == (local.state, local.error)
 
 
-@pytest.mark.xfail(strict=True, reason="Service._consume calls _jobs.consume, which always "
-                   "uses a worker process, whatever the client's engine")
 def test_inline_client_consumes_in_process(store):
     inline_client = DeployClient(store, engine="inline")
     svc = _deploy(inline_client, pid_of, "Consume", output=float)
