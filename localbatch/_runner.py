@@ -351,8 +351,8 @@ class Supervisor:
         chunks = self._inflight.pop(w.pid, [])
         self._workers.remove(w)
         why = reason or describe_exit(code)
-        self.log.warning("worker %d ended: %s (row %s)", w.pid, why,
-                         current[0] if current else "-")
+        self.log.warning("worker %d ended: %s (row %s; %d rows in flight)", w.pid, why,
+                         current[0] if current else "-", sum(len(c.indices) for c in chunks))
         charged = self._charge(current, chunks, why, timed_out=reason is not None)
         if not charged:
             # Deaths that no row can be blamed for (while starting, between rows) are

@@ -163,3 +163,13 @@ def test_reading_results_never_unpickles(client, monkeypatch):
     assert resp.execution(1).outputs["y"] == 5.0
     assert resp.to_frame()["y"].tolist() == [3.0, 5.0]
     assert [s["name"] for s in client.list_services()] == ["add"]
+
+
+def test_a_service_without_inputs_cannot_be_batched(client, store):
+    def constant():
+        return 1.0
+
+    svc = client.service("const").version("1").code_fn(constant).outputs(y=float).deploy()
+    with pytest.raises(SchemaError, match="void inputs"):
+        svc.batch(pd.DataFrame({"a": [1.0]}))
+    assert _no_executions(store)

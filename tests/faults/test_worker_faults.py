@@ -49,15 +49,22 @@ def test_poison_row_fails_alone_after_max_attempts(client, store, fault_log, mon
     assert (record_counts(store, resp.execution_id, ROWS) == 1).all()
 
 
-def test_transient_death_retries_without_charging_neighbours(client, store, fault_log):
+def test_transient_death_in_a_big_chunk_charges_only_its_row(client, store, fault_log):
+    rows, poison = 10000, 9000
     svc = deploy(client, "die-once", faultfns.die_once)
-    resp = svc.batch(frame(), parallel_count=2).start().wait(timeout=90)
+    resp = svc.batch(frame(rows, poison), parallel_count=2).start().wait(timeout=90)
     assert resp.state == "Complete" and resp.failed_item_count == 0
-    assert resp.execution(POISON).attempts == 2
-    # The rest of the dead worker's chunk was requeued without using an attempt.
-    attempts = [resp.execution(i).attempts for i in range(ROWS) if i != POISON]
+    log = (store / "executions" / resp.execution_id / "execution.log").read_text()
+    death = next(line for line in log.splitlines() if f"(row {poison};" in line)
+    in_flight = int(death.split(f"(row {poison}; ")[1].split()[0])
+    assert in_flight >= 100, death
+    assert resp.execution(poison).attempts == 2
+    # The rest of the dead worker's chunks was requeued without using an attempt.
+    frame_out = resp.to_frame()
+    assert (frame_out["y"] == [i * 2.0 + poison for i in range(rows)]).all()
+    attempts = [resp.execution(i).attempts for i in range(rows - 200, rows) if i != poison]
     assert set(attempts) == {1}
-    assert (record_counts(store, resp.execution_id, ROWS) == 1).all()
+    assert (record_counts(store, resp.execution_id, rows) == 1).all()
 
 
 def test_system_exit_and_keyboard_interrupt_are_row_errors(client, fault_log):
