@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from faults.helpers import record_counts  # noqa: E402
-
 from localbatch import DeployClient  # noqa: E402
 
 
