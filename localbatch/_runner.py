@@ -147,6 +147,7 @@ class Supervisor:
         self._queue: deque[_Chunk] = deque()
         self._source = input_chunks(store, self.id, record.inputs, committer.recorded)
         self._source_rows: tuple[list[int], dict[str, list[Any]]] | None = None
+        self._source_pos = 0
         self._next_chunk_id = 0
         self._attempts: dict[int, int] = {}
         self._row_seconds: float | None = None
@@ -426,17 +427,16 @@ class Supervisor:
         if self._queue:
             return self._queue.popleft()
         while self._source is not None:
-            if self._source_rows is None or not self._source_rows[0]:
-                self._source_rows = next(self._source, None)
+            if self._source_rows is None or self._source_pos >= len(self._source_rows[0]):
+                self._source_rows, self._source_pos = next(self._source, None), 0
                 if self._source_rows is None:
                     self._source = None
                     return None
                 continue
-            size = self._chunk_size()
             rows, cols = self._source_rows
-            chunk = self._new_chunk(rows[:size], {k: v[:size] for k, v in cols.items()})
-            self._source_rows = (rows[size:], {k: v[size:] for k, v in cols.items()})
-            return chunk
+            lo = self._source_pos
+            hi = self._source_pos = lo + self._chunk_size()
+            return self._new_chunk(rows[lo:hi], {k: v[lo:hi] for k, v in cols.items()})
         return None
 
     def _dispatch(self) -> None:
