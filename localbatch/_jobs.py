@@ -233,6 +233,11 @@ def retry_failed(store: ExecutionStore, registry: Registry, execution_id: str,
             _check_compatible(registry.revision(header["service"], header["version"],
                                                 header["revision"]), record)
         reader = ResultReader(store, execution_id, header, record.outputs, record.inputs)
+        never_ran = int(header["total"]) - int((reader.row_map.part_of >= 0).sum())
+        if never_ran:
+            raise ResumeError(f"execution {execution_id} has {never_ran} rows that never ran: "
+                              "resume(force=True) runs them; retry_failed() re-runs failed "
+                              "rows only")
         history: dict[int, str] = {}
         for index in range(int(header["total"])):
             if reader.recorded(index):

@@ -1,76 +1,215 @@
-"""Notebook views and the progress bar (facade helpers, no engine logic)."""
+"""Notebook views and the progress bar (facade helpers, no engine logic).
+
+``wait_with_progress`` backs ``batch.wait(progress=True)`` and the command line;
+``batch_html`` / ``response_html`` are the ``_repr_html_`` of ``BatchResponse``
+and ``ServiceResponse`` (their ``str()`` keeps the SDK's layout).
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
 import html
 import time
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._batch import Batch, BatchResponse
     from ._service import ServiceResponse
 
-__all__ = ["batch_html", "response_html", "wait_with_progress"]
+__all__ = ["batch_html", "elapsed_seconds", "response_html", "wait_with_progress"]
+
+#: Above this many recorded rows a view shows counts only: reading every part
+#: to render five rows would make displaying a response slow.
+VIEW_ROW_LIMIT = 200_000
+_POLL = 0.1
 
 
-def wait_with_progress(batch: Batch, timeout: float | None) -> dict[str, Any]:
-    """Poll the batch with a tqdm bar (a widget in Jupyter, a bar in a terminal)."""
-    from tqdm.auto import tqdm
+def _tqdm_class() -> Any:
+    import warnings
 
-    from ._jobs import TERMINAL, effective_header
+    with warnings.catch_warnings():
+        # Jupyter without ipywidgets: tqdm.auto falls back to a text bar and warns
+        # about it; the text bar is what we want there, so the warning is noise.
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm
+
+
+def _rows_done(header: dict[str, Any]) -> int:
+    """Recorded rows, plus the rows this process's supervisor holds but has not committed.
+
+    The header's counters move once per committed part (~2 s); when this process owns
+    the batch the bar can count the rows as they come back from the workers.
+    """
+    from ._jobs import TERMINAL
+    from ._runner import RUNNING
+
+    done = int(header.get("completed") or 0)
+    supervisor = RUNNING.get(header["execution_id"])
+    if supervisor is not None and header["state"] not in TERMINAL:
+        committer = supervisor.committer
+        live = int(committer.completed_count) + int(getattr(committer, "buffered_rows", 0))
+        done = max(done, min(live, int(header["total"])))
+    return done
+
+
+def _show(bar: Any, header: dict[str, Any]) -> None:
+    postfix = f"failed={int(header.get('failed') or 0)}"
+    if header["state"] != "InProgress":
+        postfix += f", {header['state']}"
+    changed = postfix != getattr(bar, "_lb_postfix", None)
+    bar._lb_postfix = postfix  # a disabled bar keeps no postfix of its own
+    # The postfix first: update() redraws, and must not draw the new count beside
+    # the old state.
+    bar.set_postfix_str(postfix, refresh=False)
+    from ._jobs import TERMINAL
+
+    done = _rows_done(header)
+    if header["state"] not in TERMINAL:
+        # Never backwards while running: a commit moves rows from the buffer to the
+        # counters in two steps.
+        done = max(done, bar.n)
+    if done != bar.n:
+        bar.update(done - bar.n)
+    elif changed:
+        bar.refresh()
+
+
+def _pause(execution_id: str, seconds: float) -> None:
+    from ._jobs import HANDLES
+
+    handle = HANDLES.get(execution_id)
+    if handle is not None:
+        handle.done.wait(seconds)  # wakes at once when this process's run ends
+    else:
+        time.sleep(seconds)
+
+
+def wait_with_progress(batch: Batch, timeout: float | None, *, file: IO[str] | None = None,
+                       disable: bool | None = False) -> dict[str, Any]:
+    """Poll the batch with a tqdm bar (a widget in Jupyter, a bar in a terminal).
+
+    The bar counts recorded rows (rate and ETA from tqdm) and shows the failed
+    rows so far. Returns the last header seen: terminal, or whatever it was when
+    ``timeout`` ran out. ``disable=None`` hides the bar when ``file`` is not a tty.
+    """
+    from ._jobs import TERMINAL, effective_header, wait_for
 
     store, eid = batch._store, batch._id()
     header = effective_header(store, eid)
     deadline = None if timeout is None else time.monotonic() + timeout
-    with tqdm(total=int(header["total"]), unit="row", dynamic_ncols=True,
-              desc=f"{header['service']} {header['version']}") as bar:
+    # ``initial``: rows recorded before this wait (a resume) do not inflate the rate.
+    with _tqdm_class()(total=int(header["total"]), initial=int(header.get("completed") or 0),
+                       unit="row", dynamic_ncols=True, file=file, disable=disable,
+                       desc=f"{header['service']} {header['version']}") as bar:
         while True:
-            done = int(header.get("completed") or 0)
-            bar.update(done - bar.n)
-            bar.set_postfix(failed=int(header.get("failed") or 0), state=header["state"],
-                            refresh=False)
+            _show(bar, header)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if header["state"] in TERMINAL:
+                # The header turns terminal a moment before this process's supervisor
+                # lets go of its workers and lock: wait for that too.
+                header = wait_for(store, eid, left)
+                _show(bar, header)
                 return header
-            if deadline is not None and time.monotonic() >= deadline:
+            if left == 0.0:
                 return header
-            time.sleep(0.1)
+            _pause(eid, _POLL if left is None else min(_POLL, left))
             header = effective_header(store, eid)
 
 
-def _table(frame: Any, rows: int = 5) -> str:
+# -- HTML views ----------------------------------------------------------------------
+
+
+def _parse_time(value: Any) -> float | None:
+    if not value:
+        return None
     try:
-        return str(frame.head(rows).to_html(max_cols=12))
+        return _dt.datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def elapsed_seconds(header: dict[str, Any]) -> float | None:
+    """Seconds from start to end (to now while running); None before it started."""
+    started = _parse_time(header.get("started"))
+    if started is None:
+        return None
+    ended = _parse_time(header.get("ended"))
+    return max(0.0, (ended if ended is not None else time.time()) - started)
+
+
+def _rate_text(header: dict[str, Any]) -> str:
+    seconds = elapsed_seconds(header)
+    done = int(header.get("completed") or 0)
+    if seconds is None:
+        return ""
+    text = f" &middot; {seconds:.1f}&nbsp;s"
+    if done and seconds > 0:
+        text += f" &middot; {done / seconds:,.1f}&nbsp;rows/s"
+    return text
+
+
+def _table(frame: Any, rows: int) -> str:
+    try:
+        return str(frame.head(rows).to_html(max_cols=12, border=0))  # escapes cell text
     except Exception:  # a view must never fail the notebook
         return ""
 
 
-def batch_html(resp: BatchResponse) -> str:
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def batch_html(resp: BatchResponse, rows: int = 5) -> str:
+    """State, counts, rate, the first rows of ``to_frame()`` and the failed rows."""
     h = resp.header
-    rate = ""
-    if h.get("started") and resp.completed_item_count:
-        rate = f" &middot; engine {html.escape(str(h.get('engine')))}"
+    done, total, failed = (resp.completed_item_count, resp.total_item_count,
+                           resp.failed_item_count)
+    state_color = {"Complete": "#080", "Failed": "#b00", "Canceled": "#a60"}.get(resp.state,
+                                                                                 "#06c")
     parts = [
-        "<div><b>BatchResponse</b> ",
-        f"<code>{html.escape(resp.execution_id)}</code><br>",
-        f"service {html.escape(resp.api)} &middot; state <b>{html.escape(resp.state)}</b>",
-        f" &middot; {resp.completed_item_count}/{resp.total_item_count} rows",
-        f" &middot; {resp.failed_item_count} failed{rate}",
+        "<div class='localbatch-batch'><b>BatchResponse</b> ",
+        f"<code>{_esc(resp.execution_id)}</code><br>",
+        f"service <code>{_esc(resp.api)}</code> &middot; state ",
+        f"<b style='color:{state_color}'>{_esc(resp.state)}</b><br>",
+        f"<progress value='{done}' max='{max(total, 1)}'></progress> ",
+        f"{done}/{total} rows &middot; {failed} failed{_rate_text(h)}",
     ]
     if resp.error:
-        parts.append(f"<br><span style='color:#b00'>{html.escape(resp.error)}</span>")
-    if resp.completed_item_count:
-        parts.append("<br>" + _table(resp.to_frame()))
-    if resp.failed_item_count:
-        parts.append("<br><b>failed rows</b>" + _table(resp.failed()))
+        parts.append(f"<br><span style='color:#b00'>{_esc(resp.error)}</span>")
+    if resp.resumable:
+        parts.append("<br>resumable: <code>batch.resume()</code> finishes the remaining rows")
+    if done > VIEW_ROW_LIMIT:
+        parts.append("<br><i>rows not shown for a batch this large: use to_frame()</i>")
+    elif done:
+        parts.append(f"<br><b>first rows</b>{_table(resp.to_frame(), rows)}")
+        if failed:
+            parts.append(f"<b>failed rows</b> (first {min(failed, 10)} of {failed})"
+                         f"{_table(resp.failed(), 10)}")
     return "".join(parts) + "</div>"
 
 
+def _value_html(value: Any) -> str:
+    if hasattr(value, "to_html") and hasattr(value, "columns"):
+        return _table(value, 10)
+    return f"<code>{html.escape(repr(value)[:500])}</code>"
+
+
 def response_html(resp: ServiceResponse) -> str:
-    rows = [f"<tr><th>{html.escape(k)}</th><td>{html.escape(repr(v))[:500]}</td></tr>"
-            for k, v in resp.outputs.items()]
-    err = f"<br><span style='color:#b00'>{html.escape(resp.error)}</span>" if resp.error else ""
-    console = (f"<pre>{html.escape(resp.console_output[:2000])}</pre>"
+    """Outputs (DataFrames as tables), the error with its traceback, console, artifacts."""
+    rows = [f"<tr><th style='text-align:left'>{_esc(k)}</th><td>{_value_html(v)}</td></tr>"
+            for k, v in resp.outputs.items()] if not resp.error else []
+    err = ""
+    if resp.error:
+        err = f"<br><span style='color:#b00'>{_esc(resp.error)}</span>"
+        if resp.traceback:
+            err += (f"<details><summary>traceback</summary><pre>{_esc(resp.traceback[-4000:])}"
+                    "</pre></details>")
+    console = (f"<details><summary>console output</summary><pre>"
+               f"{_esc(resp.console_output[:2000])}</pre></details>"
                if resp.console_output else "")
-    arts = ", ".join(html.escape(k) for k, v in resp.artifacts.items() if v is not None)
-    return (f"<div><b>ServiceResponse</b> {html.escape(resp.api)}{err}<table>{''.join(rows)}"
-            f"</table>{console}{'artifacts: ' + arts if arts else ''}</div>")
+    names = [k for k, v in resp.artifacts.items() if v is not None]
+    arts = f"artifacts: {_esc(', '.join(names))}" if names else ""
+    table = f"<table>{''.join(rows)}</table>" if rows else ""
+    return (f"<div class='localbatch-response'><b>ServiceResponse</b> "
+            f"<code>{_esc(resp.api)}</code>{err}{table}{console}{arts}</div>")

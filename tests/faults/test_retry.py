@@ -46,3 +46,17 @@ def test_retry_failed_on_another_version(client, store, tmp_path, monkeypatch):
     # Earlier records stay in their parts; the latest one is what readers see.
     assert record_counts(store, batch.execution_id, 40)[10] == 3
     assert batch.retry_failed().wait(timeout=30).failed_item_count == 0
+
+
+def test_retry_failed_refuses_rows_that_never_ran(client, tmp_path, monkeypatch):
+    from localbatch import ResumeError
+
+    monkeypatch.setenv("FAULT_LOG", str(tmp_path))
+    svc = (client.service("slow").version("1").code_fn(faultfns.slow)
+           .inputs(a=float, b=float).outputs(y=float).deploy())
+    batch = svc.batch({"a": [float(i) for i in range(40)], "b": [0.2] * 40},
+                      parallel_count=2).start()
+    batch.cancel()
+    with pytest.raises(ResumeError, match="never ran"):
+        batch.retry_failed()
+    assert batch.results().state == "Canceled"
