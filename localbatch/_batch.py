@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
+import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._errors import (
     BatchNotStartedError,
     BatchTimeoutError,
+    LocalBatchWarning,
     RowNotRecordedError,
 )
 from ._executors import get_engine
@@ -52,6 +58,30 @@ def _options(service: Service, parallel_count: int, options: dict[str, Any]) -> 
 
 
 def _source(records: Any, service: Service) -> InputTable | CsvSource:
+    """Validated records; their warnings point at the user's line, not at localbatch."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = _validated(records, service)
+    level = _user_stacklevel()
+    for w in caught:
+        if issubclass(w.category, LocalBatchWarning):
+            warnings.warn(w.message, w.category, stacklevel=level)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return source
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside localbatch, seen from our caller."""
+    frame = sys._getframe(2)
+    level = 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("localbatch"):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _validated(records: Any, service: Service) -> InputTable | CsvSource:
     inputs = service._record.inputs
     if isinstance(records, (str, os.PathLike)):
         path = Path(records)
@@ -212,62 +242,93 @@ class Batch:
 
     # artifacts ------------------------------------------------------------------------
 
-    def _recorded(self, index: int) -> None:
+    def _reader(self) -> ResultReader:
+        """A snapshot of which rows are recorded (outputs are not decoded)."""
         from ._jobs import effective_header
         from ._results import ResultReader
 
-        header = effective_header(self._store, self._id())
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"index must be an int, not {type(index).__name__}")
-        reader = ResultReader(self._store, self._id(), header, [], [])
+        return ResultReader(self._store, self._id(), effective_header(self._store, self._id()),
+                            [], [])
+
+    def _recorded(self, index: Any, reader: ResultReader | None = None) -> int:
+        index = _row_index(index)
+        reader = reader or self._reader()
         if not reader.recorded(index):
             raise RowNotRecordedError(f"row {index} of batch {self._id()} has no recorded "
-                                      f"result (rows are 0..{int(header['total']) - 1})")
+                                      f"result (rows are 0..{reader.total - 1})")
+        return index
 
     def list_artifacts(self, index: int) -> list[str]:
-        self._recorded(index)
+        """The names of row ``index``'s artifacts (0-based rows)."""
+        index = self._recorded(index)
         return self._store.list_artifacts(self._id(), index)
 
     def artifact(self, index: int, file_name: str | None = None, **aliases: Any) -> bytes:
+        """The bytes of one artifact of row ``index`` (also ``fileName=``)."""
         file_name = aliases.pop("fileName", file_name)
         if aliases or file_name is None:
             raise TypeError("artifact(index, file_name) needs a file name")
-        self._recorded(index)
+        index = self._recorded(index)
         return self._store.read_artifact(self._id(), index, file_name)
 
     def download(self, index: int, file_name: str | None = None, destination: Any = None,
                  **aliases: Any) -> list[str]:
-        """Write a row's artifact (or all of them) into ``destination`` (default: cwd now)."""
+        """Write a row's artifact (or all of them) into ``destination`` (default: cwd now).
+
+        Also ``fileName=`` and ``dest=``. Existing files are replaced (through a temp
+        file and a rename, never written through a symlink); returns the paths written.
+        """
         file_name = aliases.pop("fileName", file_name)
         destination = aliases.pop("dest", destination)
         if aliases:
             raise TypeError(f"download() got unexpected keyword argument(s): {', '.join(aliases)}")
-        dest = Path(os.getcwd() if destination is None else destination)
-        if not dest.is_dir():
-            raise ValueError(f'No such file or directory "{dest}".')
-        self._recorded(index)
-        names = [file_name] if file_name is not None else self.list_artifacts(index)
+        dest = _existing_dir(os.getcwd() if destination is None else destination)
+        index = self._recorded(index)
+        return self._write_row(index, file_name, dest)
+
+    def _write_row(self, index: int, file_name: str | None, dest: Path) -> list[str]:
+        names = [file_name] if file_name is not None else \
+            self._store.list_artifacts(self._id(), index)
         return [str(_write_into(dest, check_artifact_name(name),
                                 self._store.read_artifact(self._id(), index, name)))
                 for name in names]
 
     def download_all(self, destination: Any) -> list[str]:
-        """Every row's artifacts into ``destination/<index>/<name>``."""
-        dest = Path(destination)
-        if not dest.is_dir():
-            raise ValueError(f'No such file or directory "{dest}".')
-        header = self._header()
-        written = []
-        for index in range(int(header["total"])):
-            try:
-                names = self.list_artifacts(index)
-            except RowNotRecordedError:
-                continue
-            if names:
-                sub = dest / str(index)
-                sub.mkdir(exist_ok=True)
-                written += self.download(index, destination=sub)
+        """Every recorded row's artifacts into ``destination/<index>/<name>``."""
+        dest = _existing_dir(destination)
+        reader = self._reader()
+        folder = self._store.path(self._id()) / "artifacts"
+        try:
+            rows = sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+        except FileNotFoundError:
+            rows = []
+        written: list[str] = []
+        for index in rows:
+            if not reader.recorded(index) or not self._store.list_artifacts(self._id(), index):
+                continue  # files of a row whose result is not committed yet
+            sub = dest / str(index)
+            if sub.is_symlink():
+                sub.unlink()  # replaced like a file would be: never written through
+            sub.mkdir(exist_ok=True)
+            written += self._write_row(index, None, sub)
         return written
+
+
+def _row_index(index: Any) -> int:
+    """A 0-based row number: any integer (numpy's too), never a bool or a float."""
+    if isinstance(index, (bool, np.bool_)):
+        raise TypeError("index must be an int, not bool")
+    try:
+        return operator.index(index)
+    except TypeError:
+        raise TypeError(f"index must be an int, not {type(index).__name__}") from None
+
+
+def _existing_dir(destination: Any) -> Path:
+    dest = Path(destination)
+    if not dest.is_dir():
+        raise ValueError(f'No such file or directory "{dest}".')
+    return dest
 
 
 def _write_into(dest: Path, name: str, data: bytes) -> Path:
@@ -331,8 +392,7 @@ class BatchResponse:
             raise RowNotRecordedError(
                 f"results are shown once the batch has finished (show_partial_results=False); "
                 f"it is {self.state}")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"index must be an int, not {type(index).__name__}")
+        index = _row_index(index)
         row = self._rows.row(index)
         record = self._batch._service._record
         outputs = {} if row.error_type else {

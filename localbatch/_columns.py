@@ -36,6 +36,7 @@ __all__ = [
     "decode_one",
     "encode_column",
     "encode_part",
+    "frame_table",
     "kind_for_encoding",
     "read_part",
 ]
@@ -66,13 +67,12 @@ def _mask(values: Sequence[Any]) -> np.ndarray:
 
 
 def _encode_number(values: Sequence[Any], dtype: Any) -> Column:
-    try:
-        arr = np.array(values, dtype=dtype)
-        return "", {}, {"values": arr, "mask": np.zeros(len(values), np.bool_)}
-    except (TypeError, ValueError):
-        mask = _mask(values)
-        filled = [0 if v is None else v for v in values]
-        return "", {}, {"values": np.array(filled, dtype=dtype), "mask": mask}
+    # None must be masked before numpy sees it: np.array([None], float) is NaN and
+    # np.array([None], bool) is False, which would lose the missing value.
+    mask = _mask(values)
+    if mask.any():
+        values = [0 if m else v for v, m in zip(values, mask.tolist(), strict=True)]
+    return "", {}, {"values": np.array(values, dtype=dtype), "mask": mask}
 
 
 def _encode_str(values: Sequence[Any]) -> Column:
@@ -93,21 +93,30 @@ def _encode_json(values: Sequence[Any]) -> Column:
 
 
 def _frame_subkind(series: Any) -> str:
-    kind = series.dtype.kind if isinstance(series.dtype, np.dtype) else "O"
-    return {"f": "float", "i": "int", "u": "int", "b": "bool", "M": "datetime"}.get(kind, "str")
+    """The stored kind of one DataFrame column (its dtype name is kept beside it)."""
+    kind = getattr(series.dtype, "kind", "O")
+    if kind in ("f", "i", "u", "b"):
+        return {"f": "float", "i": "int", "u": "int", "b": "bool"}[kind]
+    if kind == "M":
+        return "datetime"
+    if str(series.dtype) == "object":
+        return _object_kind(series)
+    return "str"
 
 
-def _encode_sub(kind: str, series: Any) -> dict[str, np.ndarray]:
-    if kind == "float":
-        return {"values": series.to_numpy(np.float64), "mask": np.zeros(len(series), np.bool_)}
-    if kind in ("int", "bool"):
-        dtype = np.int64 if kind == "int" else np.bool_
-        return {"values": series.to_numpy(dtype), "mask": np.zeros(len(series), np.bool_)}
-    if kind == "datetime":
-        return {"values": series.to_numpy().astype("datetime64[ns]").view(np.int64),
-                "mask": series.isna().to_numpy()}
-    values = [None if _missing(v) else str(v) for v in series.tolist()]
-    return _encode_str(values)[2]
+def _object_kind(series: Any) -> str:
+    """Object columns of plain numbers stay numbers (missing = None), not text."""
+    present = [v for v in series.tolist() if not _missing(v)]
+    if not present:
+        return "str"
+    if all(isinstance(v, (bool, np.bool_)) for v in present):
+        return "bool"
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+           for v in present):
+        return "int"
+    if all(isinstance(v, (float, np.floating)) for v in present):
+        return "float"
+    return "str"
 
 
 def _missing(v: Any) -> bool:
@@ -115,33 +124,126 @@ def _missing(v: Any) -> bool:
         "NAType", "NaTType")
 
 
-def _encode_frame(values: Sequence[Any]) -> Column:
-    import pandas as pd
+def _absent(v: Any) -> bool:
+    """Missing for a float column: None/NA/NaT, but a float NaN is a value."""
+    return v is None or type(v).__name__ in ("NAType", "NaTType")
 
-    nrows = np.full(len(values), -1, np.int64)
-    colset_ids = np.zeros(len(values), np.int32)
-    colsets: dict[tuple[str, ...], int] = {}
-    frames = []
+
+def _sub_values(kind: str, series: Any) -> tuple[Any, np.ndarray]:
+    """(values, missing mask) of one frame column stored as ``kind``."""
+    if kind == "datetime":
+        if getattr(series.dtype, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        return (series.to_numpy().astype("datetime64[ns]").view(np.int64),
+                series.isna().to_numpy())
+    if kind == "str":
+        texts = [None if _missing(v) else str(v) for v in series.tolist()]
+        return texts, _mask(texts)
+    dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_}[kind]
+    if isinstance(series.dtype, np.dtype) and series.dtype != object:
+        return series.to_numpy(dtype), np.zeros(len(series), np.bool_)
+    # Nullable extension and object columns: NA/None are missing.
+    raw = series.tolist()
+    gone = _absent if kind == "float" else _missing
+    mask = np.fromiter((gone(v) for v in raw), np.bool_, len(raw))
+    fill = {"float": np.nan, "int": 0, "bool": False}[kind]
+    return np.array([fill if m else v for v, m in zip(raw, mask.tolist(), strict=True)],
+                    dtype), mask
+
+
+def _assemble(kind: str, pieces: list[tuple[int, Any]], total: int) -> dict[str, np.ndarray]:
+    """One sub-column over the whole long table; rows of frames without it are missing."""
+    if kind == "str":
+        texts: list[Any] = [None] * total
+        for start, series in pieces:
+            values, _ = _sub_values(kind, series)
+            texts[start:start + len(values)] = values
+        return _encode_str(texts)[2]
+    dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_, "datetime": np.int64}[kind]
+    values = np.zeros(total, dtype)
+    mask = np.ones(total, np.bool_)
+    for start, series in pieces:
+        vals, missing = _sub_values(kind, series)
+        values[start:start + len(vals)] = vals
+        mask[start:start + len(vals)] = missing
+    return {"values": values, "mask": mask}
+
+
+class _FrameEncoder:
+    """Frames as one long table of typed sub-columns, keyed by (name, dtype, kind).
+
+    Consecutive frames with the same columns and dtypes are concatenated once, so
+    a chunk of one-row frames (the SDK sample's output) costs one ``concat``.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.nrows = np.full(n, -1, np.int64)
+        self.colset = np.zeros(n, np.int32)
+        self.colsets: dict[tuple[int, ...], int] = {}
+        self.subs: dict[tuple[str, str, str, int], int] = {}
+        self.specs: list[list[str]] = []
+        self.pieces: list[list[tuple[int, Any]]] = []
+        self.total = 0
+
+    def add_run(self, members: list[int], frames: list[Any]) -> None:
+        import pandas as pd
+
+        names = [str(c) for c in frames[0].columns]
+        if len(frames) > 1 and not frames[0].columns.is_unique:
+            # Positional labels: duplicate column names concatenate safely.
+            frames = [f.set_axis(range(len(names)), axis=1) for f in frames]
+        long = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        ids = []
+        seen: dict[str, int] = {}
+        dtypes = [str(t) for t in frames[0].dtypes]
+        for j, name in enumerate(names):
+            series = long.iloc[:, j]
+            kind = _frame_subkind(series)
+            occurrence = seen[name] = seen.get(name, -1) + 1
+            key = (name, dtypes[j], kind, occurrence)
+            if key not in self.subs:
+                self.subs[key] = len(self.specs)
+                self.specs.append([name, kind, dtypes[j]])
+                self.pieces.append([])
+            self.pieces[self.subs[key]].append((self.total, series))
+            ids.append(self.subs[key])
+        colset = self.colsets.setdefault(tuple(ids), len(self.colsets))
+        for i, f in zip(members, frames, strict=True):
+            self.nrows[i] = len(f)
+            self.colset[i] = colset
+        self.total += len(long)
+
+    def column(self) -> Column:
+        buffers: dict[str, np.ndarray] = {"nrows": self.nrows, "colset": self.colset}
+        for k, (_, kind, _) in enumerate(self.specs):
+            for key, arr in _assemble(kind, self.pieces[k], self.total).items():
+                buffers[f"c{k}.{key}"] = arr
+        meta = {"columns": self.specs, "colsets": [list(ids) for ids in self.colsets]}
+        return "frame", meta, buffers
+
+
+def _signature(df: Any) -> tuple[Any, ...]:
+    return tuple((str(c), str(t)) for c, t in zip(df.columns, df.dtypes, strict=True))
+
+
+def _encode_frame(values: Sequence[Any]) -> Column:
+    enc = _FrameEncoder(len(values))
+    members: list[int] = []
+    frames: list[Any] = []
+    current: tuple[Any, ...] | None = None
     for i, df in enumerate(values):
         if df is None:
             continue
-        key = tuple(str(c) for c in df.columns)
-        colset_ids[i] = colsets.setdefault(key, len(colsets))
-        nrows[i] = len(df)
-        frames.append(df.set_axis(list(key), axis=1) if len(key) != len(set(key)) else df)
-    buffers: dict[str, np.ndarray] = {"nrows": nrows, "colset": colset_ids}
-    columns: list[list[str]] = []
+        sig = _signature(df)
+        if sig != current and frames:
+            enc.add_run(members, frames)
+            members, frames = [], []
+        current = sig
+        members.append(i)
+        frames.append(df)
     if frames:
-        long = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
-        long.columns = [str(c) for c in long.columns]
-        for j, name in enumerate(long.columns):
-            sub = long.iloc[:, j]
-            kind = _frame_subkind(sub)
-            columns.append([name, kind])
-            for key, arr in _encode_sub(kind, sub).items():
-                buffers[f"c{j}.{key}"] = arr
-    meta = {"columns": columns, "colsets": [list(k) for k in colsets]}
-    return "", meta, buffers
+        enc.add_run(members, frames)
+    return enc.column()
 
 
 def encode_column(kind: str, values: Sequence[Any]) -> Column:
@@ -192,13 +294,68 @@ def concat_columns(columns: list[Column]) -> Column:
     return kind, {}, {k: np.concatenate([b[k] for b in bufs]) for k in bufs[0]}
 
 
+def _spec_keys(specs: list[list[str]]) -> list[tuple[str, str, str, int]]:
+    """(name, kind, dtype, occurrence) of each sub-column: duplicates of one name
+    inside a frame are told apart by their order, as the encoder registered them."""
+    keys = []
+    seen: dict[tuple[str, ...], int] = {}
+    for spec in specs:
+        triple = tuple(spec)
+        seen[triple] = seen.get(triple, -1) + 1
+        keys.append((spec[0], spec[1], spec[2], seen[triple]))
+    return keys
+
+
+def _missing_sub(kind: str, n: int) -> dict[str, np.ndarray]:
+    if kind == "str":
+        return {"data": np.zeros(0, np.uint8), "offsets": np.zeros(n + 1, np.int64),
+                "mask": np.ones(n, np.bool_)}
+    dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_, "datetime": np.int64}[kind]
+    return {"values": np.zeros(n, dtype), "mask": np.ones(n, np.bool_)}
+
+
 def _concat_frames(columns: list[Column]) -> Column:
-    # Re-decoding is simplest and still columnar: frames are rare in big parts,
-    # and the per-chunk encodings may have different column unions.
-    values: list[Any] = []
-    for col in columns:
-        values.extend(decode_all(col))
-    return encode_column("frame", values)
+    """Concatenate frame columns buffer by buffer (no decoding): the union of their
+    sub-columns, each filled with "missing" where a chunk did not have it."""
+    union: dict[tuple[str, str, str, int], int] = {}
+    specs: list[list[str]] = []
+    remaps = []
+    for _, meta, _ in columns:
+        remap = []
+        for key in _spec_keys(meta["columns"]):
+            if key not in union:
+                union[key] = len(specs)
+                specs.append(list(key[:3]))
+            remap.append(union[key])
+        remaps.append(remap)
+    colsets: dict[tuple[int, ...], int] = {}
+    colset_bufs, pieces = [], [[] for _ in specs]
+    for (_, meta, bufs), remap in zip(columns, remaps, strict=True):
+        ids = [colsets.setdefault(tuple(remap[j] for j in cs), len(colsets))
+               for cs in meta["colsets"]]
+        colset_bufs.append(np.asarray(ids, np.int32)[bufs["colset"]] if ids
+                           else np.zeros(len(bufs["nrows"]), np.int32))
+        rows = int(np.maximum(bufs["nrows"], 0).sum())
+        have = {u: j for j, u in enumerate(remap)}
+        for u, spec in enumerate(specs):
+            if u in have:
+                prefix = f"c{have[u]}."
+                pieces[u].append({k[len(prefix):]: v for k, v in bufs.items()
+                                  if k.startswith(prefix)})
+            else:
+                pieces[u].append(_missing_sub(spec[1], rows))
+    buffers: dict[str, np.ndarray] = {
+        "nrows": np.concatenate([c[2]["nrows"] for c in columns]),
+        "colset": np.concatenate(colset_bufs),
+    }
+    for u, spec in enumerate(specs):
+        if spec[1] == "str":
+            merged = _concat_str(pieces[u])
+        else:
+            merged = {k: np.concatenate([p[k] for p in pieces[u]]) for k in ("values", "mask")}
+        for key, arr in merged.items():
+            buffers[f"c{u}.{key}"] = arr
+    return "frame", {"columns": specs, "colsets": [list(k) for k in colsets]}, buffers
 
 
 # -- decoding -----------------------------------------------------------------
@@ -227,22 +384,49 @@ def _number_all(bufs: dict[str, np.ndarray]) -> list[Any]:
     return values
 
 
-def _sub_series(kind: str, bufs: dict[str, np.ndarray], start: int, stop: int) -> Any:
+def _sub_series(spec: list[str], bufs: dict[str, np.ndarray], start: int, stop: int
+                ) -> Any:
     import pandas as pd
 
+    _, kind, dtype = spec
     if kind in ("float", "int", "bool"):
         vals = bufs["values"][start:stop]
         mask = bufs["mask"][start:stop]
-        if not mask.any():
-            return pd.Series(vals, copy=True)
-        return pd.Series([None if m else v for v, m in zip(vals.tolist(), mask.tolist(),
-                                                            strict=True)], dtype=object)
-    if kind == "datetime":
+        if not mask.any() and dtype != "object":
+            series = pd.Series(vals, copy=True)
+        else:
+            series = pd.Series([None if m else v for v, m in zip(vals.tolist(), mask.tolist(),
+                                                                  strict=True)], dtype=object)
+    elif kind == "datetime":
         vals = bufs["values"][start:stop].view("datetime64[ns]").copy()
         vals[bufs["mask"][start:stop]] = np.datetime64("NaT")
-        return pd.Series(vals)
-    sub = {"data": bufs["data"], "offsets": bufs["offsets"], "mask": bufs["mask"]}
-    return pd.Series([_str_at(sub, i) for i in range(start, stop)], dtype=object)
+        series = pd.Series(vals)
+        if "," in dtype:  # tz-aware: stored as UTC
+            series = series.dt.tz_localize("UTC")
+    else:
+        sub = {"data": bufs["data"], "offsets": bufs["offsets"], "mask": bufs["mask"]}
+        series = pd.Series([_str_at(sub, i) for i in range(start, stop)], dtype=object)
+    return _restore(series, dtype)
+
+
+def _restore(series: Any, dtype: str) -> Any:
+    """Give a decoded column its original dtype back where pandas can."""
+    if dtype == "object" or str(series.dtype) == dtype:
+        return series
+    if _numpy_kind(dtype) in ("i", "u", "b") and series.isna().any():
+        return series  # numpy ints and bools cannot hold a missing value: keep None
+    try:
+        return series.astype(dtype)
+    except (TypeError, ValueError):
+        return series
+
+
+def _numpy_kind(dtype: str) -> str:
+    """The numpy kind of a dtype name, "" for pandas' own (nullable) dtypes."""
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:
+        return ""
 
 
 def _frame_rows(col: Column) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
@@ -262,15 +446,13 @@ def _frame_at(col: Column, i: int, starts: np.ndarray, subs: list[dict[str, Any]
     meta, bufs = col[1], col[2]
     if bufs["nrows"][i] < 0:
         return None
-    names = meta["colsets"][int(bufs["colset"][i])]
-    where = {name: j for j, (name, _) in enumerate(meta["columns"])}
+    ids = meta["colsets"][int(bufs["colset"][i])]
     start, stop = int(starts[i]), int(starts[i + 1])
-    data = {}
-    for name in names:
-        j = where[name]
-        series = _sub_series(meta["columns"][j][1], subs[j], start, stop)
-        data[name] = series.reset_index(drop=True)
-    return pd.DataFrame(data, columns=names, index=pd.RangeIndex(stop - start))
+    data = {pos: _sub_series(meta["columns"][j], subs[j], start, stop)
+            for pos, j in enumerate(ids)}
+    frame = pd.DataFrame(data, index=pd.RangeIndex(stop - start))
+    frame.columns = [meta["columns"][j][0] for j in ids]
+    return frame
 
 
 def decode_one(col: Column, i: int) -> Any:
@@ -298,6 +480,39 @@ def decode_all(col: Column) -> list[Any]:
         return [None if t is None else json.loads(t) for t in _str_all(bufs)]
     starts, subs = _frame_rows(col)
     return [_frame_at(col, i, starts, subs) for i in range(len(bufs["nrows"]))]
+
+
+def frame_table(col: Column) -> tuple[np.ndarray, Any]:
+    """A frame column as (rows per value, one long DataFrame of all their rows).
+
+    Read straight from the stored sub-columns, without building a DataFrame per
+    value: value *i* owns ``max(nrows[i], 0)`` consecutive rows of the table
+    (``nrows`` is -1 for None). Sub-columns of one name (the same column with
+    another dtype in other values) are merged; a frame's second column of a
+    duplicated name is called ``<name>.1``.
+    """
+    import pandas as pd
+
+    meta, bufs = col[1], col[2]
+    starts, subs = _frame_rows(col)
+    total = int(starts[-1])
+    owner_colset = np.repeat(bufs["colset"], np.maximum(bufs["nrows"], 0))
+    merged: dict[str, Any] = {}
+    for j, key in enumerate(_spec_keys(meta["columns"])):
+        name = key[0] if key[3] == 0 else f"{key[0]}.{key[3]}"
+        series = _sub_series(meta["columns"][j], subs[j], 0, total)
+        having = [k for k, ids in enumerate(meta["colsets"]) if j in ids]
+        covered = np.isin(owner_colset, having)
+        if name not in merged:
+            merged[name] = (series, covered)
+            continue
+        first, before = merged[name]
+        both = first.astype(object).where(before, series.astype(object))
+        merged[name] = (both, before | covered)
+    data = {pos: series for pos, (series, _) in enumerate(merged.values())}
+    table = pd.DataFrame(data, index=pd.RangeIndex(total))
+    table.columns = list(merged)
+    return bufs["nrows"], table
 
 
 # -- part files ----------------------------------------------------------------

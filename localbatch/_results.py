@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._columns import Column, Part, decode_all, decode_one
+from ._columns import Column, Part, decode_all, decode_one, frame_table
 from ._schema import EncodingType
 from ._store import ExecutionStore, RowMap
 
@@ -95,17 +95,36 @@ class ResultReader:
         return rows, len(index) - 1 - first_rev
 
     def labels(self) -> np.ndarray:
-        chunks = [decode_all(p.column("label")) for p in self.store.iter_inputs(self.id)]
-        return np.asarray([v for c in chunks for v in c], dtype=object)
+        """The input index label of every row (an object array, tuples kept whole)."""
+        values: list[Any] = []
+        for part in self.store.iter_inputs(self.id):
+            col = part.column("label")
+            if col[0] != "frame":
+                values.extend(decode_all(col))
+                continue
+            table = decode_one(col, 0)  # the chunk's labels as one table (see _spool)
+            if list(table.columns) == ["label"]:
+                values.extend(table["label"].tolist())
+            else:
+                values.extend(table.itertuples(index=False, name=None))
+        out = np.empty(len(values), dtype=object)
+        for k, value in enumerate(values):  # element-wise: tuples must not become rows
+            out[k] = value
+        return out
 
     def inputs_frame(self, rows: np.ndarray) -> Any:
+        """The inputs of ``rows`` (ascending row numbers); parts without one are skipped."""
         import pandas as pd
 
         data: dict[str, list[Any]] = {name: [] for name, _ in self.inputs}
         for part in self.store.iter_inputs(self.id):
+            keep = np.flatnonzero(np.isin(part.column("row")[2]["values"], rows)).tolist()
+            if not keep:
+                continue
             for name, _ in self.inputs:
-                data[name].extend(decode_all(part.column(f"in.{name}")))
-        return pd.DataFrame({k: [v[i] for i in rows.tolist()] for k, v in data.items()})
+                values = decode_all(part.column(f"in.{name}"))
+                data[name].extend(values[k] for k in keep)
+        return pd.DataFrame(data)
 
     def to_frame(self) -> Any:
         """One row per recorded input row, in input order (see ``BatchResponse.to_frame``)."""
@@ -131,14 +150,12 @@ class ResultReader:
                _concat_str(p.column("error_message") for p in parts)]
         data["error"] = [None if t is None else (f"{t}: {m}" if m else t)
                          for t, m in zip(err[0][pos].tolist(), err[1][pos].tolist(), strict=False)]
-        index = pd.Index(_clean_labels(labels), name="index")
-        frame = pd.DataFrame(data, index=index)
+        frame = pd.DataFrame(data, index=_label_index(labels))
         if longs:
             return _long_frame(frame, longs)
         return frame
 
     def failed_frame(self) -> Any:
-        import pandas as pd
 
         parts = self._parts()
         rows, pos = self._latest(parts)
@@ -146,7 +163,7 @@ class ResultReader:
         bad = np.flatnonzero(np.asarray([t is not None for t in etype.tolist()], bool))
         labels = self.labels()[rows[bad]] if len(bad) else np.zeros(0, object)
         frame = self.inputs_frame(rows[bad])
-        frame.index = pd.Index(_clean_labels(labels), name="index")
+        frame.index = _label_index(labels)
         frame["error_type"] = etype[bad].tolist()
         frame["error_message"] = _concat_str(
             p.column("error_message") for p in parts)[pos][bad].tolist()
@@ -157,8 +174,15 @@ class ResultReader:
         return frame
 
 
-def _clean_labels(labels: np.ndarray) -> list[Any]:
-    return labels.tolist()
+def _label_index(labels: np.ndarray) -> Any:
+    """The input's index: named "index", or levels "index_0".. for a MultiIndex."""
+    import pandas as pd
+
+    values = list(labels)
+    if values and all(isinstance(v, tuple) for v in values):
+        width = len(values[0])
+        return pd.MultiIndex.from_tuples(values, names=[f"index_{k}" for k in range(width)])
+    return pd.Index(values, name="index", dtype=object if not values else None)
 
 
 def _concat_str(cols: Any) -> np.ndarray:
@@ -197,13 +221,12 @@ def _frame_table(cols: list[Column]) -> tuple[np.ndarray, Any]:
     """Per-record row counts and the concatenated long table of a frame output."""
     import pandas as pd
 
-    longs = []
-    for col in cols:
-        values = [v for v in decode_all(col) if v is not None]
-        if values:
-            longs.append(pd.concat(values, ignore_index=True, sort=False)
-                         if len(values) > 1 else values[0])
-    long = pd.concat(longs, ignore_index=True, sort=False) if longs else pd.DataFrame()
+    tables = [t for t in (frame_table(col)[1] for col in cols) if len(t)]
+    if not tables:
+        long = pd.DataFrame()
+    else:
+        long = pd.concat(tables, ignore_index=True, sort=False) if len(tables) > 1 \
+            else tables[0]
     return _concat_counts(cols), long
 
 
@@ -240,8 +263,11 @@ def _long_frame(frame: Any, longs: list[tuple[str, np.ndarray, Any]]) -> Any:
     repeat = np.repeat(np.arange(len(frame)), counts)
     base = frame.iloc[repeat].copy()
     position = np.concatenate([np.arange(c) for c in counts]) if len(counts) else []
-    base.index = pd.MultiIndex.from_arrays([frame.index[repeat], position],
-                                           names=["index", "position"])
+    outer = frame.index[repeat]
+    levels = ([outer.get_level_values(k) for k in range(outer.nlevels)]
+              if isinstance(outer, pd.MultiIndex) else [outer])
+    base.index = pd.MultiIndex.from_arrays([*levels, position],
+                                           names=[*frame.index.names, "position"])
     for column in long.columns:
         base[f"{name}.{column}"] = long[column].to_numpy()
     return base

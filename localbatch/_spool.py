@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from ._columns import Column, encode_column, encode_part, kind_for_encoding
 from ._errors import InputFileError, SchemaError
 from ._fsutil import atomic_write
-from ._schema import EncodingType, InputTable, cast_column
+from ._schema import EncodingType, InputTable
 
 __all__ = ["CsvSource", "SPOOL_ROWS", "spool_csv", "spool_table"]
 
@@ -28,9 +29,24 @@ SPOOL_ROWS = 65536
 
 
 def _label_column(labels: Sequence[Any]) -> Column:
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+    """The input's index labels, with their types (see ``ResultReader.labels``)."""
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+           for v in labels):
         return encode_column("int", [int(v) for v in labels])
-    return encode_column("str", [None if v is None else str(v) for v in labels])
+    if all(isinstance(v, (float, np.floating)) for v in labels):
+        return encode_column("float", [float(v) for v in labels])
+    if all(isinstance(v, str) for v in labels):
+        return encode_column("str", list(labels))
+    import pandas as pd
+
+    # Timestamps, MultiIndex tuples, mixed: one frame value holding the whole chunk's
+    # labels, so their types survive (a frame column keeps dtypes).
+    if all(isinstance(v, tuple) for v in labels):
+        table = pd.DataFrame([list(v) for v in labels])
+        table.columns = [f"level_{k}" for k in range(table.shape[1])]
+    else:
+        table = pd.DataFrame({"label": pd.Series(list(labels), dtype=object).infer_objects()})
+    return encode_column("frame", [table])
 
 
 def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
@@ -44,7 +60,11 @@ def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
         values = columns[name]
         if enc in (EncodingType.vector, EncodingType.matrix):
             values = [None if v is None else np.asarray(v) for v in values]
-        cols[f"in.{name}"] = encode_column(kind_for_encoding(enc.value), values)
+        try:
+            cols[f"in.{name}"] = encode_column(kind_for_encoding(enc.value), values)
+        except OverflowError:
+            raise SchemaError(f"input {name!r} has a value that does not fit a 64-bit "
+                              "integer") from None
     atomic_write(folder / f"part-{seq:06d}.lbp", encode_part(cols, n))
 
 
@@ -90,40 +110,71 @@ class CsvSource:
             raise InputFileError(f"{self.path}: {exc}") from None
 
 
-def _cast_text(enc: EncodingType, series: Any, name: str, first_line: int) -> list[Any]:
-    """Cast a column read as text; errors name the file line."""
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _text_to_int(text: str) -> int | None:
+    """An exact integer from CSV text ("007", "2.0", "1e3"); None if it is not one."""
+    if "_" in text:
+        return None  # int() would read "1_000"; no CSV writer means that
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            exact = Decimal(text)  # Decimal, not float: "9007199254740993.0" stays exact
+        except InvalidOperation:
+            return None
+        if not exact.is_finite() or exact != exact.to_integral_value():
+            return None
+        value = int(exact)
+    return value if _INT64[0] <= value <= _INT64[1] else None
+
+
+def _cast_ints(text: list[str], empty: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    values: list[Any] = []
+    bad = np.zeros(len(text), np.bool_)
+    for k, (t, e) in enumerate(zip(text, empty.tolist(), strict=True)):
+        if e or t.lower() == "nan":  # NaN means "missing" for every type but float
+            values.append(None)
+            continue
+        value = _text_to_int(t)
+        bad[k] = value is None
+        values.append(value)
+    return values, bad
+
+
+def _cast_floats(text: Any, empty: np.ndarray) -> tuple[list[Any], np.ndarray]:
     import pandas as pd
 
+    nums = pd.to_numeric(text.mask(empty, None), errors="coerce")
+    bad = nums.isna().to_numpy() & ~empty & ~text.str.lower().isin(["nan"]).to_numpy()
+    return [None if e else float(v) for v, e in zip(nums.tolist(), empty, strict=True)], bad
+
+
+def _cast_bools(text: Any, empty: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    mapped = text.str.lower().map({"true": True, "false": False})
+    bad = mapped.isna().to_numpy() & ~empty
+    return [None if e else bool(v) for v, e in zip(mapped.tolist(), empty, strict=True)], bad
+
+
+def _cast_text(enc: EncodingType, series: Any, name: str, first_line: int) -> list[Any]:
+    """Cast a column read as text, losslessly; errors name the file line."""
     if enc is EncodingType.character:
         return series.tolist()
     text = series.str.strip()
     empty = (text == "").to_numpy()
     if enc is EncodingType.logical:
-        mapped = text.str.lower().map({"true": True, "false": False})
-        bad = mapped.isna().to_numpy() & ~empty
-        values = [None if e else bool(v) for v, e in zip(mapped.tolist(), empty, strict=False)]
+        values, bad = _cast_bools(text, empty)
+    elif enc is EncodingType.integer:
+        values, bad = _cast_ints(text.tolist(), empty)
     else:
-        nums = pd.to_numeric(text.mask(empty, None), errors="coerce")
-        bad = nums.isna().to_numpy() & ~empty & ~text.str.lower().isin(["nan"]).to_numpy()
-        if enc is EncodingType.integer:
-            frac = (nums.fillna(0) % 1 != 0).to_numpy()
-            bad |= frac & ~empty
-        values = None
+        values, bad = _cast_floats(text, empty)
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise InputFileError(
             f"line {first_line + pos}: column {name!r} value {series.iloc[pos]!r} is not a "
             f"valid {EncodingType.to_python(enc)}")
-    if values is not None:
-        return values
-    if enc is EncodingType.integer:
-        return [None if e else int(v) for v, e in zip(nums.tolist(), empty, strict=False)]
-    if enc is EncodingType.numeric:
-        return [None if e else float(v) for v, e in zip(nums.tolist(), empty, strict=False)]
-    try:
-        return cast_column(enc, series, name)
-    except SchemaError as exc:
-        raise InputFileError(f"line {first_line}: {exc}") from None
+    return values
 
 
 def spool_csv(source: CsvSource, folder: Path) -> int:

@@ -1,0 +1,198 @@
+"""The columnar codec (``_columns``): every kind round-trips through a part file."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from localbatch._columns import (
+    Part,
+    concat_columns,
+    decode_all,
+    decode_one,
+    encode_column,
+    encode_part,
+    kind_for_encoding,
+)
+
+
+def _through_file(kind: str, values: list) -> list:
+    """Encode, write a part's bytes, read them back, decode every value."""
+    data = encode_part({"x": encode_column(kind, values)}, len(values))
+    part = Part(bytes(data))
+    assert part.rows == len(values)
+    col = part.column("x")
+    one = [decode_one(col, i) for i in range(len(values))]
+    every = decode_all(col)
+    assert len(every) == len(values)
+    for a, b in zip(one, every, strict=True):
+        _assert_same(a, b)
+    return every
+
+
+def _assert_same(a, b) -> None:
+    if isinstance(a, pd.DataFrame) or isinstance(b, pd.DataFrame):
+        assert isinstance(a, pd.DataFrame) and isinstance(b, pd.DataFrame)
+        pd.testing.assert_frame_equal(a, b)
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b)
+    else:
+        assert a == b and type(a) is type(b)
+
+
+def test_floats_keep_nan_as_a_value_and_none_as_missing():
+    out = _through_file("float", [1.5, float("nan"), None, -0.0, 1e300, float("inf")])
+    assert out[0] == 1.5
+    assert isinstance(out[1], float) and math.isnan(out[1])
+    assert out[2] is None
+    assert out[3:] == [-0.0, 1e300, float("inf")]
+
+
+def test_ints_with_none():
+    out = _through_file("int", [0, -(2**63), 2**63 - 1, None, 7])
+    assert out == [0, -(2**63), 2**63 - 1, None, 7]
+    assert all(type(v) is int for v in out if v is not None)
+
+
+def test_bools_with_none_never_become_false():
+    assert _through_file("bool", [True, None, False]) == [True, None, False]
+    assert _through_file("bool", [None, None]) == [None, None]
+
+
+def test_strings_unicode_empty_and_none():
+    values = ["plain", "", None, "ünïcødé ✓ 中文 🚀", "a\nb\tc\0d", "\ud800 lone surrogate"]
+    assert _through_file("str", values) == values
+    assert _through_file("str", [None, None, None]) == [None, None, None]
+
+
+def test_json_vectors_and_matrices():
+    values = [[1.0, 2.5], None, [], [[1, 2], [3, 4]], ["a", "b"], [float("nan")]]
+    out = _through_file("json", values)
+    assert out[:5] == values[:5]
+    assert math.isnan(out[5][0])
+    # numpy arrays are stored as their values, never as pickles.
+    assert _through_file("json", [np.arange(3)]) == [[0, 1, 2]]
+
+
+def test_frames_with_mixed_dtypes_round_trip_with_their_dtypes():
+    df = pd.DataFrame({
+        "f": [1.5, float("nan"), 3.0],
+        "i": np.array([1, 2, 3], dtype=np.int32),
+        "u": np.array([1, 2, 3], dtype=np.uint8),
+        "b": [True, False, True],
+        "s": ["x", None, "ü"],
+        "t": pd.to_datetime(["2024-01-01", None, "2024-03-01T12:00:00"], format="ISO8601"),
+        "tz": pd.to_datetime(["2024-01-01", "2024-06-01", None]).tz_localize("Europe/Paris"),
+        "ni": pd.array([1, None, 3], dtype="Int64"),
+        "nb": pd.array([True, None, False], dtype="boolean"),
+        "cat": pd.Categorical(["a", "b", "a"]),
+    })
+    [out] = _through_file("frame", [df])
+    pd.testing.assert_frame_equal(out, df)
+
+
+def test_frames_with_different_column_sets_and_none():
+    a = pd.DataFrame({"x": [1, 2], "y": ["p", "q"]})
+    b = pd.DataFrame({"z": [0.5]})
+    c = pd.DataFrame({"x": [3.5], "y": ["r"]})  # same names as `a`, x now float
+    empty = pd.DataFrame({"x": pd.Series([], dtype=np.int64)})
+    out = _through_file("frame", [a, None, b, c, empty, a])
+    assert out[1] is None
+    for got, want in zip([out[0], out[2], out[3], out[4], out[5]], [a, b, c, empty, a],
+                         strict=True):
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_frame_object_columns_of_numbers_stay_numbers():
+    df = pd.DataFrame({"n": pd.Series([1, None, 3], dtype=object),
+                       "m": pd.Series(["a", 1, None], dtype=object)})
+    [out] = _through_file("frame", [df])
+    assert out["n"].tolist() == [1, None, 3]
+    assert out["m"].tolist() == ["a", "1", None]  # mixed objects: stored as text
+
+
+def test_frame_duplicate_and_non_string_column_names():
+    df = pd.DataFrame([[1, 2.5, "a"]], columns=["x", "x", 0])
+    [out] = _through_file("frame", [df])
+    assert list(out.columns) == ["x", "x", "0"]
+    assert out.iloc[0].tolist() == [1, 2.5, "a"]
+
+
+def test_many_one_row_frames_like_the_sdk_sample():
+    frames = [pd.DataFrame({"am_Pred": [i / 10]}) for i in range(500)]
+    out = _through_file("frame", frames)
+    assert [f["am_Pred"].iloc[0] for f in out] == [i / 10 for i in range(500)]
+
+
+@pytest.mark.parametrize("kind, chunks", [
+    ("float", [[1.0, None], [float("nan")], [2.0]]),
+    ("int", [[1], [None, 2]]),
+    ("bool", [[True], [None], [False]]),
+    ("str", [["a", None], ["ü", ""]]),
+    ("json", [[[1, 2]], [None, []]]),
+])
+def test_concat_columns_equals_encoding_everything_at_once(kind, chunks):
+    whole = [v for chunk in chunks for v in chunk]
+    joined = concat_columns([encode_column(kind, chunk) for chunk in chunks])
+    part = Part(encode_part({"x": joined}, len(whole)))
+    for got, want in zip(decode_all(part.column("x")), whole, strict=True):
+        _assert_same(got, want)
+
+
+def test_concat_frames_with_different_column_sets():
+    a = [pd.DataFrame({"x": [1]}), None]
+    b = [pd.DataFrame({"y": ["q", "r"]}), pd.DataFrame({"x": [2.5], "y": ["s"]})]
+    c = [pd.DataFrame([[1, 2]], columns=["x", "x"]), pd.DataFrame({"x": [7]})]
+    chunks = [a, b, c]
+    joined = concat_columns([encode_column("frame", chunk) for chunk in chunks])
+    out = decode_all(Part(encode_part({"x": joined}, 6)).column("x"))
+    for got, want in zip(out, [v for chunk in chunks for v in chunk], strict=True):
+        if want is None:
+            assert got is None
+        else:
+            pd.testing.assert_frame_equal(got, want)
+
+
+def test_frame_table_is_the_long_table_of_all_values():
+    from localbatch._columns import frame_table
+
+    values = [pd.DataFrame({"am_Pred": [0.5], "lbl": ["a"]}), None,
+              pd.DataFrame({"am_Pred": [1, 2]}),  # the same name with another dtype
+              pd.DataFrame({"other": [True]}),
+              pd.DataFrame({"am_Pred": pd.Series([], dtype=float)})]
+    col = Part(encode_part({"x": encode_column("frame", values)}, 5)).column("x")
+    nrows, table = frame_table(col)
+    assert nrows.tolist() == [1, -1, 2, 1, 0]
+    assert list(table.columns) == ["am_Pred", "lbl", "other"]
+    assert table["am_Pred"].tolist()[:3] == [0.5, 1, 2] and pd.isna(table["am_Pred"][3])
+    assert [None if pd.isna(v) else v for v in table["lbl"]] == ["a", None, None, None]
+    assert [None if pd.isna(v) else v for v in table["other"]] == [None, None, None, True]
+    expected = pd.concat([v for v in values if v is not None and len(v)], ignore_index=True)
+    assert len(table) == len(expected) == 4
+
+
+def test_encoding_a_frame_column_warns_nothing():
+    frames = [pd.DataFrame({"x": [1]}), pd.DataFrame({"x": pd.Series([], dtype=float)}),
+              pd.DataFrame({"y": [None]})]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encode_column("frame", frames)
+
+
+def test_part_rejects_garbage_and_object_buffers():
+    with pytest.raises(ValueError):
+        Part(b"not a part")
+    data = bytearray(encode_part({"x": encode_column("int", [1])}, 1))
+    data = bytes(data).replace(b'"<i8"', b'"|O8"', 1)
+    with pytest.raises(ValueError, match="object buffers"):
+        Part(data).column("x")
+
+
+def test_kind_for_every_encoding_type():
+    assert [kind_for_encoding(e) for e in ("numeric", "integer", "logical", "character",
+                                           "vector", "matrix", "data.frame")] == \
+        ["float", "int", "bool", "str", "json", "json", "frame"]

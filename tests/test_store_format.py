@@ -1,0 +1,256 @@
+"""The job store on disk (DESIGN §3): header, columnar parts, file counts, safe reading."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import scoring_fns
+
+import localbatch
+from localbatch import DeployClient
+from localbatch._columns import Part
+
+RESULT_COLUMNS = {"index", "attempts", "worker_pid", "started", "ended", "error_type",
+                  "error_message", "traceback", "console", "history"}
+
+
+def predict_frame(hp, wt):
+    import pandas as pd
+
+    print(f"scoring {hp}")
+    with open("answer.csv", "w") as fh:
+        fh.write(f"{hp},{wt}\n")
+    if hp < 0:
+        raise ValueError("negative hp")
+    return pd.DataFrame({"am_Pred": [hp / 100 - wt / 10], "label": [f"car{hp}"]})
+
+
+@pytest.fixture
+def add_svc(client):
+    return (client.service("adder").version("1.0").code_fn(scoring_fns.add)
+            .inputs(a=float, b=float).outputs(answer=float).deploy())
+
+
+def _folder(store: Path, batch) -> Path:
+    return store / "executions" / batch.execution_id
+
+
+def test_header_has_format_version_and_the_documented_fields(add_svc, store):
+    batch = add_svc.batch({"a": [1.0, 2.0, 3.0], "b": [0.0, 0.0, 0.0]}, parallel_count=2).start()
+    batch.wait(30)
+    header = json.loads((_folder(store, batch) / "execution.json").read_text())
+    assert header["format_version"] == 1
+    for key in ("service", "version", "revision", "total", "parallel_count", "state",
+                "completed", "failed", "error", "created", "started", "ended"):
+        assert key in header, key
+    assert (header["service"], header["version"], header["total"], header["parallel_count"],
+            header["state"], header["completed"], header["failed"]) == \
+        ("adder", "1.0", 3, 2, "Complete", 3, 0)
+    assert header["ended"] >= header["started"] >= header["created"]
+
+
+def test_result_parts_are_columnar_with_the_fixed_schema(client, store):
+    svc = (client.service("tx").version("1").code_fn(predict_frame)
+           .inputs(hp=float, wt=float).outputs(answer=pd.DataFrame)
+           .artifacts(["answer.csv"]).deploy())
+    batch = svc.batch({"hp": [110.0, -1.0, 93.0], "wt": [2.6, 2.3, 3.2]},
+                      parallel_count=2).start()
+    batch.wait(30)
+    folder = _folder(store, batch)
+    names = sorted(os.listdir(folder / "results"))
+    assert names and all(re.fullmatch(r"part-\d{6}\.lbp", n) for n in names)
+    rows: dict[int, tuple] = {}
+    for name in names:
+        data = (folder / "results" / name).read_bytes()
+        assert data[:4] == b"LBP1"
+        part = Part(data)
+        assert set(part.names()) == RESULT_COLUMNS | {"out.answer"}
+        kinds = {n: part.column(n)[0] for n in part.names()}
+        assert kinds["out.answer"] == "frame"  # a DataFrame is stored as data
+        assert kinds["console"] == kinds["traceback"] == kinds["error_type"] == "str"
+        # One console blob per part with per-row offsets.
+        console = part.column("console")[2]
+        assert set(console) == {"data", "offsets", "mask"}
+        assert len(console["offsets"]) == part.rows + 1
+        from localbatch._columns import decode_all
+
+        for i, idx in enumerate(decode_all(part.column("index"))):
+            rows[idx] = tuple(decode_all(part.column(c))[i]
+                              for c in ("console", "error_type", "worker_pid"))
+    assert sorted(rows) == [0, 1, 2]
+    assert rows[0][0] == "scoring 110.0\n" and rows[0][1] is None and rows[0][2] > 0
+    assert rows[1][1] == "ValueError"
+    # Artifacts are per-row folders (a row that raised keeps the files it wrote)
+    # with what the parts hold.
+    assert sorted(os.listdir(folder / "artifacts")) == ["0", "1", "2"]
+    header = json.loads((folder / "execution.json").read_text())
+    assert (header["completed"], header["failed"]) == (3, 1)
+
+
+def test_ten_thousand_fast_rows_leave_few_files(add_svc, store):
+    n = 10_000
+    batch = add_svc.batch({"a": [float(i) for i in range(n)], "b": [1.0] * n},
+                          parallel_count=2).start()
+    r = batch.wait(60)
+    assert (r.state, r.completed_item_count) == ("Complete", n)
+    files = [Path(d) / f for d, _, fs in os.walk(_folder(store, batch)) for f in fs]
+    assert len(files) < 100, sorted(str(f) for f in files)
+    frame = r.to_frame()
+    assert len(frame) == n and frame["answer"].iloc[-1] == 2.0 * (n - 1) + 1.0
+
+
+def _forbid_unpickling(monkeypatch) -> None:
+    import pickle
+
+    import cloudpickle
+
+    def boom(*args, **kwargs):
+        raise AssertionError("reading results unpickled something")
+
+    for module in (pickle, cloudpickle):
+        for name in ("loads", "load", "Unpickler"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, boom)
+
+
+def test_reading_never_unpickles(client, store, monkeypatch):
+    svc = (client.service("tx").version("1").code_fn(predict_frame)
+           .inputs(hp=float, wt=float).outputs(answer=pd.DataFrame)
+           .artifacts(["answer.csv"]).deploy())
+    batch = svc.batch(pd.DataFrame({"hp": [110.0, -1.0, 93.0], "wt": [2.6, 2.3, 3.2]},
+                                   index=["a", "b", "c"]), parallel_count=2).start()
+    batch.wait(30)
+    client.close()  # no worker left that could talk to us
+    _forbid_unpickling(monkeypatch)
+    reader = DeployClient(str(store))  # a fresh reader: no cached parts
+    svc2 = reader.get_service("tx", version="1")
+    assert svc2.list_batch_executions() == [batch.execution_id]
+    again = svc2.get_batch(batch.execution_id)
+    r = again.results()
+    assert (r.state, r.completed_item_count, r.failed_item_count) == ("Complete", 3, 1)
+    answer = r.execution(0).outputs["answer"]
+    assert answer["label"].tolist() == ["car110.0"]
+    assert r.execution(1).error == "ValueError: negative hp"
+    frame = r.to_frame()
+    assert frame.index.tolist() == ["a", "b", "c"]
+    assert list(frame.columns) == ["answer.am_Pred", "answer.label", "error"]
+    assert r.failed().index.tolist() == ["b"]
+    assert again.list_artifacts(2) == ["answer.csv"]
+    assert again.artifact(2, "answer.csv") == b"93.0,3.2\n"
+    assert reader.list_executions()[0]["state"] == "Complete"
+
+
+@pytest.mark.parametrize("module", ["_results", "_columns", "_store", "_batch", "_spool"])
+def test_reading_modules_do_not_import_pickle(module):
+    tree = ast.parse(Path(localbatch.__file__).with_name(f"{module}.py").read_text())
+    imported = {alias.name for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names} | {node.module for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom)}
+    assert not {"pickle", "cloudpickle", "_pickle", "dill", "joblib"} & imported
+
+
+def test_a_reader_in_another_process_never_sees_half_a_part(client, store, monkeypatch):
+    import localbatch._commit as commit
+
+    monkeypatch.setattr(commit, "PART_ROWS", 100)  # many commits while the reader polls
+    svc = (client.service("ms").version("1").code_fn(scoring_fns.slow)
+           .inputs(a=float, b=float).outputs(answer=float).deploy())
+    n = 2000
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import json, os, sys, time
+        from localbatch import DeployClient
+        from localbatch._columns import Part
+        client = DeployClient({str(store)!r})
+        print("ready", flush=True)
+        while not client.list_executions():
+            time.sleep(0.005)
+        eid = client.list_executions()[0]["execution_id"]
+        batch = client.get_execution(eid)
+        results = os.path.join({str(store)!r}, "executions", eid, "results")
+        polls, sizes, errors = 0, [], []
+        while True:
+            try:
+                for name in os.listdir(results):
+                    if name.startswith("part-"):
+                        with open(os.path.join(results, name), "rb") as fh:
+                            Part(fh.read()).column("out.answer")
+                r = batch.results()
+                frame = r.to_frame()
+                bad = frame[frame["answer"] != frame.index.to_numpy() * 1.0]
+                if len(bad):
+                    errors.append(f"wrong rows {{bad.index.tolist()[:5]}}")
+                if len(frame):
+                    last = int(frame.index[-1])
+                    if r.execution(last).outputs["answer"] != last:
+                        errors.append(f"row {{last}} differs")
+                sizes.append(len(frame))
+            except Exception as exc:
+                errors.append(f"{{type(exc).__name__}}: {{exc}}")
+            polls += 1
+            if r.state in ("Complete", "Failed", "Canceled"):
+                break
+        print(json.dumps({{"polls": polls, "sizes": sizes, "errors": errors[:10]}}))
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "ready"
+    batch = svc.batch({"a": [float(i) for i in range(n)], "b": [0.0005] * n},
+                      parallel_count=2).start()
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    report = json.loads(out)
+    assert report["errors"] == []
+    sizes = report["sizes"]
+    assert sizes == sorted(sizes) and sizes[-1] == n
+    assert len(set(sizes)) >= 3, f"the reader saw too few commits: {sorted(set(sizes))}"
+    assert batch.wait(10).state == "Complete"
+
+
+def test_execution_log_has_worker_events_not_rows(add_svc, store):
+    n = 500
+    batch = add_svc.batch({"a": [float(i) for i in range(n)], "b": [0.0] * n},
+                          parallel_count=2).start()
+    batch.wait(30)
+    log = (_folder(store, batch) / "execution.log").read_text()
+    lines = log.splitlines()
+    started = re.findall(r"worker (\d+) started \(spawn\)", log)
+    assert len(started) == 2 and all(int(p) > 0 for p in started)
+    assert any("batch complete" in line for line in lines)
+    assert len(lines) < 15, log
+
+
+@pytest.mark.faults
+def test_execution_log_records_a_worker_death_with_pid_and_status(client, store):
+    svc = (client.service("killer").version("1").code_fn(scoring_fns.kill_on)
+           .inputs(a=int, b=int).outputs(answer=int).deploy())
+    batch = svc.batch({"a": [1, 2, 3], "b": [0, 2, 0]}, parallel_count=2,
+                      max_attempts=1).start()
+    r = batch.wait(30)
+    assert r.state == "Complete" and r.failed_item_count == 1
+    assert r.execution(1).error.startswith("WorkerDied")
+    log = (_folder(store, batch) / "execution.log").read_text()
+    started = set(re.findall(r"worker (\d+) started", log))
+    ended = re.findall(r"worker (\d+) ended: (.*)", log)
+    assert len(ended) == 1 and ended[0][0] in started
+    assert "signal 9" in ended[0][1] and "row 1" in ended[0][1]
+
+
+def test_execution_log_records_a_cancel(client, store, tmp_path):
+    svc = (client.service("ms").version("1").code_fn(scoring_fns.slow)
+           .inputs(a=float, b=float).outputs(answer=float).deploy())
+    batch = svc.batch({"a": [1.0] * 20, "b": [0.1] * 20}, parallel_count=2).start()
+    deadline = time.monotonic() + 10
+    while batch.state == "Pending" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    batch.cancel()
+    log = (_folder(store, batch) / "execution.log").read_text()
+    assert "canceled" in log.lower()
