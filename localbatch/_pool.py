@@ -94,6 +94,8 @@ class _Zygote:
         self.lock = threading.Lock()
         self.cond = threading.Condition()
         self.forked: list[int] = []
+        #: Workers forked and not yet reported ended.
+        self.live: set[int] = set()
         self.exits: dict[int, int] = {}
         threading.Thread(target=self._read, daemon=True, name="localbatch-zygote").start()
 
@@ -116,11 +118,14 @@ class _Zygote:
         with self.cond:
             while buf:
                 if buf[:1] == b"F" and len(buf) >= 9:
-                    self.forked.append(struct.unpack_from("<q", buf, 1)[0])
+                    pid = struct.unpack_from("<q", buf, 1)[0]
+                    self.forked.append(pid)
+                    self.live.add(pid)
                     buf = buf[9:]
                 elif buf[:1] == b"X" and len(buf) >= 17:
                     pid, code = struct.unpack_from("<qq", buf, 1)
                     self.exits[pid] = code
+                    self.live.discard(pid)
                     buf = buf[17:]
                 else:
                     break
@@ -235,6 +240,8 @@ class WorkerProcess:
 
     def reap(self, timeout: float = 0.5) -> int | None:
         """Mark dead and collect the exit status where this process can see it."""
+        if self.dead:
+            return self.exitcode
         self.dead = True
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -354,8 +361,28 @@ class WorkerPool:
             return sum(len(v) for v in self._idle.values())
 
     def close(self) -> None:
-        """Stop every idle worker (at exit, or when a client closes)."""
+        """Stop every idle worker (at exit, or when a client closes).
+
+        The fork server goes too once none of its workers is left (a running
+        batch's workers keep it).
+        """
         self.reap_idle(-1.0)
+        _close_zygote_if_idle()
+
+
+def _close_zygote_if_idle() -> None:
+    global _ZYGOTE
+    with _ZYGOTE_LOCK:
+        zygote = _ZYGOTE
+        if zygote is None:
+            return
+        with zygote.cond:
+            # Exit reports trail the kills by a moment; give them a short while.
+            zygote.cond.wait_for(lambda: not zygote.live, timeout=1.0)
+            busy = bool(zygote.live)
+        if not busy:
+            zygote.close()
+            _ZYGOTE = None
 
 
 def _readable(conn: Connection) -> bool:

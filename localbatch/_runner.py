@@ -301,7 +301,6 @@ class Supervisor:
         kind = msg[0]
         if kind == "ready":
             w.ready = True
-            self._unblamed_deaths = 0
             self.log.info("worker %d ready (init %.3fs)", w.pid, msg[2])
             self._mark_in_progress()
         elif kind == "init_error":
@@ -412,12 +411,13 @@ class Supervisor:
         return bool(self._queue) or self._source is not None
 
     def _chunk_size(self) -> int:
-        if self._row_seconds is None:
-            return 8
-        size = int(TARGET_CHUNK_SECONDS / max(self._row_seconds, 1e-7))
         remaining = self.committer.total - self.committer.completed_count
-        fair = -(-remaining // (2 * max(1, len(self._workers))))
-        return max(1, min(MAX_CHUNK, size, max(fair, 1)))
+        # At most a fair share, so a small batch of slow rows still uses every worker.
+        fair = max(1, -(-remaining // (2 * max(1, len(self._workers)))))
+        if self._row_seconds is None:
+            return min(8, fair)
+        size = int(TARGET_CHUNK_SECONDS / max(self._row_seconds, 1e-7))
+        return max(1, min(MAX_CHUNK, size, fair))
 
     def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> _Chunk:
         self._next_chunk_id += 1

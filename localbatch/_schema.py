@@ -200,13 +200,18 @@ def _cast_float(value: Any, name: str) -> Any:
     raise _fail(EncodingType.numeric, name, value)
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def _cast_int(value: Any, name: str) -> Any:
     if isinstance(value, (bool, np.bool_)):
         raise _fail(EncodingType.integer, name, value, "a bool is not a number here")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real) and float(value).is_integer():
-        return int(value)
+    if isinstance(value, numbers.Integral) or (
+            isinstance(value, numbers.Real) and float(value).is_integer()):
+        out = int(value)
+        if not _INT64[0] <= out <= _INT64[1]:
+            raise _fail(EncodingType.integer, name, value, "outside the 64-bit range")
+        return out
     raise _fail(EncodingType.integer, name, value)
 
 

@@ -181,7 +181,7 @@ class ExecutionStore:
 
     def publish(self, staging: Path, header: dict[str, Any]) -> OwnerLock:
         """Write the header, take the owner lock, and make the execution visible."""
-        header = {"format_version": FORMAT_VERSION, **header}
+        header.setdefault("format_version", FORMAT_VERSION)
         for sub in ("results", "artifacts"):
             (staging / sub).mkdir(mode=0o700, exist_ok=True)
         write_json(staging / "execution.json", header)

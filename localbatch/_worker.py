@@ -290,6 +290,18 @@ class Runtime:
                 "errors": errors, "console": consoles, "outputs": outputs,
                 "artifacts": artifacts, "pid": os.getpid()}
 
+    def failed_chunk(self, indices: Sequence[int], exc: BaseException) -> dict[str, Any]:
+        """Every row of a chunk failed with ``exc`` (outputs missing)."""
+        n = len(indices)
+        now = time.time()
+        error = ("LocalBatchInternalError", f"{type(exc).__name__}: {exc}",
+                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        outputs = {name: encode_column(kind_for_encoding(enc.value), [None] * n)
+                   for name, enc in self.outputs}
+        return {"index": list(indices), "started": [now] * n, "ended": [now] * n,
+                "errors": [error] * n, "console": [None] * n, "outputs": outputs,
+                "artifacts": {}, "pid": os.getpid()}
+
     def _loop_fast(self, rows: Any, indices: Sequence[int], rets: list[Any],
                    errors: list[Any], started: list[float], ended: list[float],
                    marks: list[int], buf: io.StringIO, set_slot: Callable[[int, float], None]
@@ -320,7 +332,7 @@ class Runtime:
             started[k] = t
             try:
                 if self.artifacts:
-                    rets[k], artifacts[indices[k]] = self._with_workdir(call, args)
+                    rets[k] = self._with_workdir(call, args, artifacts, indices[k])
                 else:
                     rets[k] = call(args)
             except BaseException as exc:  # noqa: B036 - user code: SystemExit too
@@ -423,17 +435,19 @@ class Runtime:
             if piece or extra:
                 consoles[k] = _truncate((extra or "") + piece, cap)
 
-    def _with_workdir(self, call: Callable[[Sequence[Any]], Any], args: Sequence[Any]
-                      ) -> tuple[Any, dict[str, bytes]]:
+    def _with_workdir(self, call: Callable[[Sequence[Any]], Any], args: Sequence[Any],
+                      sink: dict[int, dict[str, bytes]], index: int) -> Any:
+        """Run a row in a fresh folder; its declared files are kept even if it raised."""
         home = os.getcwd()
         work = tempfile.mkdtemp(prefix="row-", dir=os.environ.get("LOCALBATCH_SCRATCH"))
         try:
             os.chdir(work)
             try:
-                ret = call(args)
+                return call(args)
             finally:
                 os.chdir(home)
-            return ret, _collect(Path(work), self.artifacts, self.limits["artifact_bytes"])
+                sink[index] = _collect(Path(work), self.artifacts,
+                                       self.limits["artifact_bytes"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -699,7 +713,13 @@ def _serve_loop(conn: Any, slot: Slot, cap_fd: int) -> None:
         if msg[0] == "stop":
             return
         _, chunk_id, indices, columns = msg
-        _send(conn, ("result", chunk_id, runtime.run_rows(indices, columns, slot, cap_fd)))
+        try:
+            payload = runtime.run_rows(indices, columns, slot, cap_fd)
+        except Exception as exc:
+            # A failure of localbatch's own code around the rows (not of the user's):
+            # record it on every row of the chunk rather than die unexplained.
+            payload = runtime.failed_chunk(indices, exc)
+        _send(conn, ("result", chunk_id, payload))
 
 
 def _drain(conn: Any) -> queue.SimpleQueue[bytes | None]:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy  # noqa: F401 - loaded once here: pytester's in-process runs unload new modules,
+import pandas  # noqa: F401 - and numpy's C extension cannot be loaded twice in a process
 import psutil
 import pytest
 
@@ -62,7 +64,12 @@ def _reap_processes():
     """No test may leave a worker (or anything it started) running."""
     yield
     from localbatch._pool import WORKER_POOL
+    from localbatch._runner import RUNNING
 
+    # A batch can read Complete a moment before its supervisor hands workers back.
+    deadline = time.monotonic() + 10
+    while RUNNING and time.monotonic() < deadline:
+        time.sleep(0.02)
     WORKER_POOL.close()
     deadline = time.monotonic() + 5
     left = _children()
