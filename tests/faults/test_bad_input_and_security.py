@@ -173,3 +173,16 @@ def test_a_service_without_inputs_cannot_be_batched(client, store):
     with pytest.raises(SchemaError, match="void inputs"):
         svc.batch(pd.DataFrame({"a": [1.0]}))
     assert _no_executions(store)
+
+
+def test_an_output_beyond_int64_is_a_row_error_not_a_hang(client):
+    def huge(a, b):
+        return 2**70 if a == 1.0 else int(a)
+
+    svc = (client.service("huge").version("1").code_fn(huge).inputs(a=float, b=float)
+           .outputs(n=int).deploy())
+    resp = svc.batch({"a": [0.0, 1.0, 2.0], "b": [0.0] * 3}).start().wait(timeout=30)
+    assert resp.state == "Complete" and resp.failed_item_count == 1
+    assert resp.execution(1).error.startswith("OutputTypeError:")
+    assert "64-bit" in resp.execution(1).error
+    assert resp.execution(2).outputs["n"] == 2
