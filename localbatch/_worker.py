@@ -480,7 +480,12 @@ _PLAIN = {EncodingType.numeric: float, EncodingType.integer: int,
 def _already_typed(enc: EncodingType, column: list[Any]) -> bool:
     """A column of exact scalars of the declared type needs no per-value cast."""
     want = _PLAIN.get(enc)
-    return want is not None and all(type(v) is want or v is None for v in column)
+    if want is None or not all(type(v) is want or v is None for v in column):
+        return False
+    if want is int:
+        ints = [v for v in column if v is not None]
+        return not ints or (min(ints) >= -(2**63) and max(ints) < 2**63)
+    return True
 
 
 class _VectorState:
