@@ -1,0 +1,745 @@
+"""The Dask engine: the same batch on a Dask cluster, committed to the same local store.
+
+::
+
+    caller process                                     each Dask worker process
+    ──────────────                                     ────────────────────────
+    input spool ─chunks─► supervisor thread ─submit─►  run_chunk(spec, rows)
+                            ▲     │                         │ leases a localbatch worker
+          report (result ───┘     ▼                         ▼ subprocess (init once)
+          or death)          Committer ──► results/     ("chunk") ──► Runtime.run_rows
+
+The service bundle (manifest and hash-verified blobs) is sent by value to each
+Dask worker once (``client.run``) and cached there by its content hash, so
+cluster workers never read the store's folder; a worker that lacks it (one the
+nanny restarted, one that joined later) answers ``need_bundle`` and gets it
+then. Not a scattered future: a task depending on one is canceled when every
+worker holding a copy dies. The subprocess checks the blob hashes again before
+it unpickles anything. Rows
+never run in a Dask worker's own threads: per-row working directories and
+console capture are process-global, a row may segfault, and Dask cannot kill a
+running task. Each running chunk owns one localbatch worker subprocess
+(``localbatch._pool.WorkerProcess``), kept warm per Dask worker by the bundle's
+content hash, so ``init`` runs once per subprocess, a hung row is killed by
+``row_timeout`` and a crashing row only takes its subprocess down.
+
+A task returns a report, never raises for a row: the chunk's payload, or a
+death ``{"row": (index, started), "why": ...}`` that the supervisor charges to
+that row exactly as the local engine does (the rest of the chunk is requeued
+without an attempt; a charged row runs alone). Dask's own retries are off. A
+Dask worker that dies makes the scheduler run its chunks again elsewhere
+without charging anyone; only a chunk that keeps killing workers (``KilledWorker``)
+is split into single rows, and a single row that does is charged, then runs alone.
+
+Importing this module does not import Dask; :class:`DaskEngine` does, and
+raises an ``ImportError`` naming ``localbatch[dask]`` when it is missing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from typing import Any
+
+from ._commit import now_iso
+from ._errors import ConfigurationError, ServiceLoadError, StoreError
+from ._executors import Engine, RunContext, RunHandle, _DoneHandle
+from ._logging import close_execution_logger
+from ._pool import WorkerPool, WorkerProcess, describe_exit
+from ._registry import Registry
+from ._runner import RUNNING, input_chunks
+
+__all__ = ["DaskEngine", "close_worker_processes", "run_chunk"]
+
+INSTALL_HINT = 'the Dask engine needs dask.distributed: pip install "localbatch[dask]"'
+#: Rows of compute a chunk aims for: a Dask task costs milliseconds, a local one microseconds.
+TARGET_CHUNK_SECONDS = 0.25
+FIRST_CHUNK = 8
+MAX_CHUNK = 10_000
+#: How often a chunk's task checks for a cancel and for ``row_timeout``.
+TASK_POLL = 0.05
+#: How often the supervisor checks for a cancel while it waits for chunks.
+WAIT_TICK = 0.1
+
+
+# =====================================================================================
+# caller side
+# =====================================================================================
+
+
+class DaskEngine(Engine):
+    """Chunks of rows as tasks on a ``dask.distributed`` cluster.
+
+    ``client`` is a synchronous ``dask.distributed.Client``; without one, the
+    process's default client (the last one created) is used when a batch starts.
+    """
+
+    name = "dask"
+
+    def __init__(self, client: Any = None) -> None:
+        try:
+            import distributed
+        except ImportError as exc:
+            raise ImportError(INSTALL_HINT) from exc
+        if client is not None and not isinstance(client, distributed.Client):
+            raise ConfigurationError(f"engine must be a dask.distributed.Client, not "
+                                     f"{type(client).__name__}")
+        if client is not None and client.asynchronous:
+            raise ConfigurationError("the Dask engine needs a synchronous Client "
+                                     "(Client(address), not asynchronous=True)")
+        self._client = client
+        _wait_for_batches_before_dask_exits()
+
+    @property
+    def client(self) -> Any:
+        """The Client batches run on (the default client when none was given)."""
+        if self._client is not None:
+            return self._client
+        from distributed import default_client
+
+        try:
+            return default_client()
+        except ValueError:
+            raise ConfigurationError(
+                "engine='dask' needs a dask.distributed Client: create one first "
+                "(Client('tcp://scheduler:8786')) or pass it as engine=client") from None
+
+    def run(self, ctx: RunContext) -> RunHandle:
+        try:
+            client = self.client
+        except ConfigurationError as exc:
+            return _fail_before_start(ctx, f"ConfigurationError: {exc}")
+        run = _DaskRun(ctx, client)
+        run.start()
+        return run
+
+    def close_worker_processes(self) -> int:
+        """Stop the idle localbatch subprocesses on every Dask worker; returns how many."""
+        return close_worker_processes(self.client)
+
+
+def close_worker_processes(client: Any) -> int:
+    """Stop the idle localbatch subprocesses kept warm on the workers of ``client``.
+
+    Returns how many were idle; they exit within about a second.
+    """
+    stopped = client.run(_close_idle, on_error="ignore")
+    return sum(v for v in stopped.values() if isinstance(v, int))
+
+
+_ATEXIT_REGISTERED = False
+
+
+def _wait_for_batches_before_dask_exits() -> None:
+    """Make a script's end wait for its batches before distributed closes the client.
+
+    atexit runs hooks last-in first-out and distributed registers its own (which
+    closes the default client) when it is imported, after localbatch registered
+    the wait: registering the wait again here puts it first.
+    """
+    global _ATEXIT_REGISTERED
+    if not _ATEXIT_REGISTERED:
+        from ._runner import _wait_for_owned
+
+        atexit.register(_wait_for_owned)
+        _ATEXIT_REGISTERED = True
+
+
+def _fail_before_start(ctx: RunContext, error: str) -> RunHandle:
+    try:
+        ctx.log.error("batch failed: %s", error)
+        ctx.committer.set_state("Failed", error=error, resumable=True, ended=now_iso())
+    finally:
+        ctx.lock.release()
+        close_execution_logger(ctx.log)
+    return _DoneHandle()
+
+
+def bundle_of(record: Any) -> dict[str, Any]:
+    """The service by value: its manifest and its blobs, hash-verified here."""
+    return {"manifest": record.manifest, "blobs": Registry.read_blobs(record)}
+
+
+def bundle_hash(manifest: dict[str, Any]) -> str:
+    """A content hash of a bundle (the manifest names every blob's sha256)."""
+    text = json.dumps(manifest, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class _Chunk:
+    id: int
+    indices: list[int]
+    columns: dict[str, list[Any]]
+    #: Runs with nothing else of this batch on the cluster (a row suspected of
+    #: killing Dask workers: alone, a death is its own).
+    alone: bool = False
+
+    def take(self, positions: list[int]) -> tuple[list[int], dict[str, list[Any]]]:
+        return ([self.indices[p] for p in positions],
+                {k: [v[p] for p in positions] for k, v in self.columns.items()})
+
+
+class _Abort(Exception):
+    """The batch as a whole cannot go on (message is the batch's error)."""
+
+    def __init__(self, error: str, resumable: bool = False) -> None:
+        super().__init__(error)
+        self.resumable = resumable
+
+
+class _DaskRun(RunHandle):
+    """The supervisor of one execution on a Dask cluster (a thread of this process)."""
+
+    def __init__(self, ctx: RunContext, client: Any) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.committer = ctx.committer
+        self.options = ctx.options
+        self.log = ctx.log
+        self.id = ctx.committer.id
+        self.done = threading.Event()
+        self._cancel = threading.Event()
+        # One token per run: a resumed execution keeps its id, not its cancel flag.
+        self._token = f"{self.id[:12]}-{uuid.uuid4().hex[:8]}"
+        self._spec: dict[str, Any] = {}
+        self._bundle: dict[str, Any] = {}
+        #: Running chunks by task key.
+        self._inflight: dict[str, tuple[Any, _Chunk]] = {}
+        self._queue: deque[_Chunk] = deque()
+        self._suspects: deque[_Chunk] = deque()
+        self._source: Any = input_chunks(ctx.store, self.id, ctx.record.inputs,
+                                         ctx.committer.recorded)
+        self._pending: tuple[list[int], dict[str, list[Any]]] | None = None
+        self._next_id = 0
+        self._submitted = 0
+        self._attempts: dict[int, int] = {}
+        self._row_seconds: float | None = None
+        self._failed_seen = ctx.committer.failed_count
+        self._start_deaths = 0
+        self._lost = 0
+        self._thread = threading.Thread(target=self._main, name=f"localbatch-dask-{self.id[:8]}",
+                                        daemon=True)
+
+    # lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        RUNNING[self.id] = self
+        self._thread.start()
+
+    def cancel(self, timeout: float | None = None) -> bool:
+        self._cancel.set()
+        return self.done.wait(timeout)
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except _Abort as exc:
+            self._abort(str(exc), resumable=exc.resumable)
+        except StoreError as exc:
+            self._abort(f"StoreError: {exc}", resumable=True)
+        except Exception as exc:
+            # The cluster went away, or a bug: the rows left can run again.
+            self.log.exception("dask supervisor stopped")
+            self._abort(f"{type(exc).__name__}: {exc} (Dask engine)", resumable=True)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._inflight:
+            self._stop_chunks()
+        RUNNING.pop(self.id, None)
+        self.ctx.lock.release()
+        close_execution_logger(self.log)
+        self.done.set()
+
+    def _abort(self, error: str, *, resumable: bool) -> None:
+        self.log.error("batch failed: %s", error)
+        self._stop_chunks()
+        with contextlib.suppress(StoreError):
+            self.committer.commit()
+        with contextlib.suppress(StoreError):
+            self.committer.set_state("Failed", error=error, resumable=resumable,
+                                     ended=now_iso())
+
+    def _stop_chunks(self) -> None:
+        """Cancel queued tasks and kill the subprocesses of running ones."""
+        futures = [f for f, _ in self._inflight.values()]
+        self._inflight.clear()
+        with contextlib.suppress(Exception):
+            self.client.cancel(futures)
+        with contextlib.suppress(Exception):
+            self.client.run(_stop_run, self._token, on_error="ignore")
+
+    # the loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        record = self.ctx.record
+        try:
+            self._bundle = bundle_of(record)
+        except ServiceLoadError as exc:
+            raise _Abort(f"init failed: ServiceLoadError: {exc}") from None
+        self._spec = {"run": self._token, "key": bundle_hash(record.manifest),
+                      "limits": dict(self.options.limits), "row_timeout": self.options.row_timeout,
+                      "init_timeout": self.options.init_timeout}
+        sent = self._send_bundle()
+        if self.committer.header.get("state") == "Pending":
+            self.committer.set_state("InProgress", started=now_iso())
+        self.log.info("dask: bundle %s sent to %d workers", self._spec["key"], sent)
+        while True:
+            if self._cancel.is_set() or self.ctx.store.cancel_requested(self.id):
+                return self._finish_canceled()
+            self._dispatch()
+            if (not self._queue and not self._suspects and self._source is None
+                    and not self._inflight):
+                break
+            self._wait_any(WAIT_TICK)
+            self._collect()
+            self._check_threshold()
+            if self.committer.due():
+                self.committer.commit()
+        self.committer.commit()
+        self.committer.set_state("Complete", ended=now_iso())
+        self.log.info("batch complete: %d rows, %d failed", self.committer.completed_count,
+                      self.committer.failed_count)
+
+    def _send_bundle(self, worker: str | None = None) -> int:
+        """Cache the bundle on the workers (or one worker) that lack it; how many got it."""
+        key = self._spec["key"]
+        targets = None if worker is None else [worker]
+        have = self.client.run(_has_bundle, key, workers=targets, on_error="return")
+        lacking = [w for w, ok in have.items() if ok is False]
+        if lacking:
+            self.client.run(_store_bundle, key, self._bundle, workers=lacking,
+                            on_error="return")
+        return len(lacking)
+
+    def _finish_canceled(self) -> None:
+        self._stop_chunks()
+        self.committer.commit()
+        self.committer.set_state("Canceled", ended=now_iso(), resumable=False)
+        self.log.info("batch canceled after %d rows", self.committer.completed_count)
+
+    def _check_threshold(self) -> None:
+        limit = self.options.error_threshold
+        if limit is not None and self._failed_seen > limit:
+            raise _Abort(f"error threshold exceeded: {self._failed_seen} rows failed "
+                         f"(error_threshold={limit})")
+
+    # dispatch ----------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not any(c.alone for _, c in self._inflight.values()):
+            if self._suspects:
+                if self._inflight:
+                    return  # a suspect waits until it can run alone
+                chunk = self._suspects.popleft()
+            else:
+                if len(self._inflight) >= self.options.parallel_count:
+                    return
+                chunk = self._next_chunk()
+                if chunk is None:
+                    return
+            future = self.client.submit(
+                run_chunk, self._spec, chunk.id, chunk.indices, chunk.columns,
+                key=f"localbatch-{self._token}-{chunk.id}-{self._submitted}", retries=0,
+                pure=False)
+            # A fresh key per submission: a requeued chunk must not find the result
+            # of its previous task, which the scheduler may not have released yet.
+            self._submitted += 1
+            self._inflight[future.key] = (future, chunk)
+
+    def _wait_any(self, timeout: float) -> None:
+        # Not future callbacks: distributed runs those on an executor that refuses
+        # work at interpreter exit, when a script's end waits for its batches.
+        from distributed import wait
+
+        futures = [f for f, _ in self._inflight.values()]
+        if not futures:
+            self._cancel.wait(timeout)
+            return
+        # A canceled future raises here; _collect sees it by its status.
+        with contextlib.suppress(TimeoutError, CancelledError):
+            wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+
+    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> _Chunk:
+        self._next_id += 1
+        return _Chunk(self._next_id, indices, columns)
+
+    def _chunk_size(self) -> int:
+        if self._row_seconds is None:
+            return FIRST_CHUNK
+        size = int(TARGET_CHUNK_SECONDS / max(self._row_seconds, 1e-7))
+        remaining = self.committer.total - self.committer.completed_count
+        fair = -(-remaining // (2 * self.options.parallel_count))
+        return max(1, min(MAX_CHUNK, size, fair))
+
+    def _next_chunk(self) -> _Chunk | None:
+        if self._queue:
+            return self._queue.popleft()
+        while self._source is not None:
+            if self._pending is None or not self._pending[0]:
+                self._pending = next(self._source, None)
+                if self._pending is None:
+                    self._source = None
+                continue
+            size = self._chunk_size()
+            rows, cols = self._pending
+            self._pending = (rows[size:], {k: v[size:] for k, v in cols.items()})
+            return self._new_chunk(rows[:size], {k: v[:size] for k, v in cols.items()})
+        return None
+
+    # reports -----------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        for key, (future, chunk) in list(self._inflight.items()):
+            if not future.done():
+                continue
+            del self._inflight[key]
+            try:
+                self._on_future(future, chunk)
+            finally:
+                with contextlib.suppress(Exception):
+                    future.release()
+
+    def _on_future(self, future: Any, chunk: _Chunk) -> None:
+        from distributed import KilledWorker
+
+        if future.status == "finished":
+            self._on_report(future.result(), chunk)
+        elif future.status == "error":
+            exc = future.exception()
+            if isinstance(exc, KilledWorker):
+                self._on_killed_worker(chunk, exc)
+            else:
+                hint = (" (localbatch must be installed on every Dask worker)"
+                        if isinstance(exc, ImportError) else "")
+                raise _Abort(f"cannot run on the Dask cluster: {type(exc).__name__}: {exc}"
+                             f"{hint}", resumable=True)
+        else:
+            # Canceled by the cluster, not by us (a scheduler restart): run it again.
+            self._requeue_lost(chunk, f"{future.status} on the cluster")
+
+    def _requeue_lost(self, chunk: _Chunk, why: str) -> None:
+        self._lost += 1
+        self.log.warning("chunk %d %s: requeued", chunk.id, why)
+        if self._lost > 10 * self.options.max_attempts * self.options.parallel_count:
+            raise _Abort(f"Dask keeps losing chunks ({why})", resumable=True)
+        self._queue.appendleft(chunk)
+
+    def _on_report(self, report: dict[str, Any], chunk: _Chunk) -> None:
+        kind = report["kind"]
+        if kind == "result":
+            self._on_result(report["payload"])
+        elif kind == "died":
+            self._on_death(chunk, report)
+        elif kind == "need_bundle":
+            self._send_bundle(report["worker"])
+            self._requeue_lost(chunk, f"sent the bundle to {report['worker']}")
+        elif kind == "init_error":
+            etype, message, _ = report["error"]
+            raise _Abort(f"init failed: {etype}: {message}")
+        elif kind == "init_timeout":
+            raise _Abort(f"InitTimeout: init did not return within "
+                         f"{self.options.init_timeout:g}s")
+        elif kind == "start_died":
+            self._start_deaths += 1
+            self.log.warning("dask worker %s: subprocess %s while starting", report["worker"],
+                             report["why"])
+            if self._start_deaths > self.options.max_attempts:
+                raise _Abort(f"init failed: {report['why']} while starting")
+            self._queue.appendleft(chunk)
+        else:  # "canceled" without a cancel of ours: a stale flag; run it again
+            self._queue.appendleft(chunk)
+
+    def _on_result(self, payload: dict[str, Any]) -> None:
+        n = len(payload["index"])
+        if n:
+            busy = max(payload["ended"]) - min(payload["started"])
+            per_row = max(busy, 0.0) / n
+            self._row_seconds = per_row if self._row_seconds is None else (
+                0.7 * self._row_seconds + 0.3 * per_row)
+        self._failed_seen += sum(e is not None for e in payload["errors"])
+        self.committer.add(payload, self._attempts)
+
+    def _on_death(self, chunk: _Chunk, report: dict[str, Any]) -> None:
+        current = report["row"]
+        why = report["why"]
+        self.log.warning("dask worker %s: subprocess %d ended: %s (row %s)", report["worker"],
+                         report["pid"], why, current[0] if current else "-")
+        skip = None
+        if current is not None and current[0] in chunk.indices:
+            skip = current[0]
+            self._charge(chunk, skip, current[1], why, timed_out=report["timed_out"])
+        else:
+            self._start_deaths += 1
+            if self._start_deaths > 3 * self.options.max_attempts * self.options.parallel_count:
+                raise _Abort(f"workers keep dying outside any row: {why}", resumable=True)
+        # The rest of the chunk goes again, without using an attempt.
+        keep = [p for p, i in enumerate(chunk.indices) if i != skip]
+        if keep:
+            self._queue.appendleft(self._new_chunk(*chunk.take(keep)))
+
+    def _charge(self, chunk: _Chunk, row: int, started: float, why: str, *,
+                timed_out: bool) -> None:
+        attempts = self._attempts.get(row, 0) + 1
+        self._attempts[row] = attempts
+        if timed_out:
+            self.committer.add_failure(row, "RowTimeout", why, attempts, started=started)
+            self._failed_seen += 1
+        elif attempts >= self.options.max_attempts:
+            self.committer.add_failure(row, "WorkerDied",
+                                       f"{why}; gave up after {attempts} attempts", attempts,
+                                       started=started)
+            self._failed_seen += 1
+        else:
+            # A row that killed its worker runs alone from now on.
+            self._queue.appendleft(self._new_chunk(*chunk.take([chunk.indices.index(row)])))
+
+    def _on_killed_worker(self, chunk: _Chunk, exc: Exception) -> None:
+        """A chunk whose Dask workers kept dying (the scheduler's ``allowed-failures``).
+
+        Which row did it is unknown (the worker took the row's slot with it, and
+        other tasks shared that worker), so the chunk is split into single rows
+        without charging anyone. A single row is charged one attempt per
+        ``KilledWorker`` and from then on runs alone (nothing else of this batch in
+        flight), so its next death is its own; it fails once it has used
+        ``max_attempts``.
+        """
+        self.log.warning("chunk %d killed Dask workers: %s", chunk.id, exc)
+        if len(chunk.indices) > 1:
+            for p in reversed(range(len(chunk.indices))):
+                self._queue.appendleft(self._new_chunk(*chunk.take([p])))
+            return
+        row = chunk.indices[0]
+        attempts = self._attempts.get(row, 0) + 1
+        self._attempts[row] = attempts
+        if attempts < self.options.max_attempts:
+            chunk.alone = True
+            self._suspects.append(chunk)
+            return
+        self.committer.add_failure(
+            row, "WorkerDied", f"Dask worker processes died running this row "
+            f"({type(exc).__name__}); gave up after {attempts} attempts", attempts)
+        self._failed_seen += 1
+
+
+# =====================================================================================
+# worker side: runs inside each Dask worker process
+# =====================================================================================
+
+#: Warm localbatch subprocesses of this Dask worker, by (bundle hash, limits).
+_POOL = WorkerPool()
+_LOCK = threading.Lock()
+#: Subprocesses running a chunk, by run token (what a cancel kills).
+_BUSY: dict[str, dict[int, WorkerProcess]] = {}
+#: Run tokens canceled here (monotonic time), so their queued chunks never start.
+_STOPPED: dict[str, float] = {}
+_STOPPED_TTL = 3600.0
+#: Service bundles by content hash, with when each was last used (most recent last).
+_BUNDLES: dict[str, tuple[dict[str, Any], float]] = {}
+BUNDLES_KEPT = 8
+BUNDLE_TTL = 3600.0
+
+
+def _has_bundle(key: str) -> bool:
+    with _LOCK:
+        return key in _BUNDLES
+
+
+def _store_bundle(key: str, bundle: dict[str, Any]) -> bool:
+    """Cache a bundle (``client.run``); older, unused ones make room."""
+    if bundle_hash(bundle["manifest"]) != key:
+        raise ValueError("service bundle does not match its hash")
+    now = time.monotonic()
+    with _LOCK:
+        _BUNDLES.pop(key, None)
+        _BUNDLES[key] = (bundle, now)
+        for old in [k for k, (_, at) in _BUNDLES.items() if now - at > BUNDLE_TTL]:
+            del _BUNDLES[old]
+        while len(_BUNDLES) > BUNDLES_KEPT:
+            del _BUNDLES[next(iter(_BUNDLES))]
+    return True
+
+
+def _bundle(key: str) -> dict[str, Any] | None:
+    with _LOCK:
+        entry = _BUNDLES.pop(key, None)
+        if entry is None:
+            return None
+        _BUNDLES[key] = (entry[0], time.monotonic())
+        return entry[0]
+
+
+def run_chunk(spec: dict[str, Any], chunk_id: int, indices: list[int],
+              columns: dict[str, list[Any]]) -> dict[str, Any]:
+    """The Dask task: run rows in a localbatch subprocess; a report, never a row's exception."""
+    token = spec["run"]
+    worker = _leased(spec)
+    if isinstance(worker, dict):
+        return worker
+    ok = False
+    try:
+        report = _score(worker, spec, chunk_id, indices, columns)
+        ok = report["kind"] == "result"
+        return report
+    finally:
+        _unregister(token, worker)
+        if ok:
+            _POOL.give_back([worker])
+        else:
+            worker.kill()
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def _canceled(token: str) -> bool:
+    with _LOCK:
+        return token in _STOPPED
+
+
+def _leased(spec: dict[str, Any]) -> WorkerProcess | dict[str, Any]:
+    """A ready subprocess for this bundle, registered as busy for this run, or a report."""
+    key = (spec["key"], tuple(sorted(spec["limits"].items())))
+    taken = _POOL.take_idle(key, 1)
+    bundle = None if taken else _bundle(spec["key"])
+    if not taken and bundle is None:
+        return {"kind": "need_bundle", "worker": _worker_address()}
+    worker = taken[0] if taken else WorkerProcess(key, "spawn")
+    with _LOCK:
+        if spec["run"] in _STOPPED:
+            canceled = True
+        else:
+            canceled = False
+            _BUSY.setdefault(spec["run"], {})[id(worker)] = worker
+    if canceled:
+        if taken:
+            _POOL.give_back([worker])
+        return {"kind": "canceled"}
+    if taken:
+        return worker
+    report: dict[str, Any] | None = {"kind": "start_died", "why": "could not start",
+                                     "worker": _worker_address()}
+    try:
+        assert bundle is not None
+        report = _start(worker, bundle, spec)
+    finally:
+        if report is not None:
+            _unregister(spec["run"], worker)
+            worker.kill()
+    return worker if report is None else report
+
+
+def _unregister(token: str, worker: WorkerProcess) -> None:
+    with _LOCK:
+        busy = _BUSY.get(token, {})
+        busy.pop(id(worker), None)
+        if not busy:
+            _BUSY.pop(token, None)
+
+
+def _start(worker: WorkerProcess, bundle: dict[str, Any], spec: dict[str, Any]
+           ) -> dict[str, Any] | None:
+    """Start a subprocess and wait for its ``init``; None when it is ready."""
+    worker.start({"manifest": bundle["manifest"], "blobs": bundle["blobs"]},
+                 spec["limits"] or None)
+    assert worker.conn is not None
+    deadline = time.monotonic() + (spec["init_timeout"] or float("inf"))
+    while not worker.conn.poll(TASK_POLL):
+        if _canceled(spec["run"]):
+            return {"kind": "canceled"}
+        if time.monotonic() > deadline:
+            return {"kind": "init_timeout"}
+    try:
+        msg = worker.recv()
+    except (EOFError, OSError):
+        worker.kill()
+        if _canceled(spec["run"]):
+            return {"kind": "canceled"}
+        return {"kind": "start_died", "why": describe_exit(worker.exitcode),
+                "worker": _worker_address()}
+    if msg[0] == "init_error":
+        return {"kind": "init_error", "error": msg[2], "console": msg[3]}
+    worker.ready = True
+    return None
+
+
+def _score(worker: WorkerProcess, spec: dict[str, Any], chunk_id: int, indices: list[int],
+           columns: dict[str, list[Any]]) -> dict[str, Any]:
+    """Send one chunk and wait for its result, a death, a timeout or a cancel."""
+    limit = spec["row_timeout"]
+    try:
+        worker.send(("chunk", chunk_id, indices, columns))
+        assert worker.conn is not None
+        while True:
+            if worker.conn.poll(TASK_POLL):
+                msg = worker.recv()
+                if msg[0] == "result" and msg[1] == chunk_id:
+                    return {"kind": "result", "payload": msg[2]}
+                continue
+            if _canceled(spec["run"]):
+                return {"kind": "canceled"}
+            current = worker.current_row()
+            if limit and current and time.time() - current[1] > limit:
+                why = f"row {current[0]} exceeded row_timeout={limit:g}s"
+                return _death(worker, current, why, timed_out=True)
+    except (EOFError, OSError):
+        current = worker.current_row()
+        worker.kill()
+        if _canceled(spec["run"]):
+            return {"kind": "canceled"}
+        return _death(worker, current, describe_exit(worker.exitcode), timed_out=False)
+
+
+def _death(worker: WorkerProcess, current: tuple[int, float] | None, why: str, *,
+           timed_out: bool) -> dict[str, Any]:
+    worker.kill()  # also the processes the row started (its own process group)
+    return {"kind": "died", "row": current, "why": why, "timed_out": timed_out,
+            "pid": worker.pid, "worker": _worker_address()}
+
+
+def _stop_run(token: str) -> int:
+    """Cancel a run on this Dask worker (via ``client.run``, on its event loop: no waiting)."""
+    now = time.monotonic()
+    with _LOCK:
+        for old in [t for t, at in _STOPPED.items() if now - at > _STOPPED_TTL]:
+            del _STOPPED[old]
+        _STOPPED[token] = now
+        busy = list(_BUSY.get(token, {}).values())
+    for w in busy:
+        if w.pid and not w.dead:
+            # The task's thread sees the connection end, reaps it and reports "canceled".
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(w.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(w.pid, signal.SIGKILL)
+    return len(busy)
+
+
+def _close_idle() -> int:
+    """Stop this Dask worker's idle subprocesses (``close_worker_processes``).
+
+    On a thread: ``client.run`` calls this on the worker's event loop, which must
+    not wait for processes to exit.
+    """
+    n = _POOL.idle_count()
+    if n:
+        threading.Thread(target=_POOL.close, name="localbatch-close-idle", daemon=True).start()
+    return n
