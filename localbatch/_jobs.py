@@ -7,6 +7,7 @@ process, ``resume`` and ``retry_failed``, and request-response ``consume``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from ._errors import (
     StoreError,
 )
 from ._executors import Engine, RunContext, RunHandle, inline_runtime
-from ._logging import execution_logger
+from ._logging import close_execution_logger, execution_logger
 from ._pool import WORKER_POOL, WorkerProcess, describe_exit
 from ._registry import Registry, ServiceRecord
 from ._results import ResultReader
@@ -100,7 +101,16 @@ def _run(store: ExecutionStore, record: ServiceRecord, header: dict[str, Any], l
     log.info("execution %s: %s %s, %d rows, engine %s, parallel_count %d", execution_id,
              record.name, record.version, header["total"], engine.name, options.parallel_count)
     ctx = RunContext(store, record, committer, lock, options, log)
-    HANDLES[execution_id] = engine.run(ctx)
+    try:
+        HANDLES[execution_id] = engine.run(ctx)
+    except BaseException as exc:
+        # An engine that cannot even start must not leave the execution owned.
+        with contextlib.suppress(StoreError):
+            committer.set_state("Failed", error=f"{type(exc).__name__}: {exc}",
+                                resumable=True, ended=now_iso())
+        lock.release()
+        close_execution_logger(log)
+        raise
     return committer
 
 

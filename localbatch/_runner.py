@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from ._store import ExecutionStore, OwnerLock
 
 __all__ = ["BatchOptions", "RUNNING", "Supervisor", "input_chunks"]
 
+ACTIVE_STATES = ("Pending", "InProgress")
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
 # Deaths outside any row (while starting, between rows) with no progress in between,
 # per worker slot and attempt, before the batch is Failed: an init that crashes
@@ -88,8 +89,18 @@ class BatchOptions:
                 "start_method": self.start_method, "limits": dict(self.limits)}
 
 
-#: Executions owned by supervisors of this process, by id.
-RUNNING: dict[str, Supervisor] = {}
+class OwnedRun(Protocol):
+    """What every engine's supervisor offers the process that owns it."""
+
+    id: str
+    done: threading.Event
+    committer: Committer
+
+    def cancel(self, timeout: float | None = None) -> bool: ...
+
+
+#: Executions owned by supervisors of this process (any engine), by id.
+RUNNING: dict[str, OwnedRun] = {}
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -463,9 +474,13 @@ class Supervisor:
 def _wait_for_owned() -> None:
     with _RUNNING_LOCK:
         running = list(RUNNING.values())
-    if not running:
+    # A batch that has just written its final state is only handing its workers back.
+    busy = [run for run in running if run.committer.header.get("state") in ACTIVE_STATES]
+    if not busy:
+        for run in running:
+            run.done.wait(5)
         return
-    print(f"localbatch: waiting for {len(running)} running batch(es) to finish "
+    print(f"localbatch: waiting for {len(busy)} running batch(es) to finish "
           "(Ctrl-C cancels them)", file=sys.stderr, flush=True)
     try:
         for sup in running:

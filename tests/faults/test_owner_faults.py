@@ -107,14 +107,15 @@ def test_two_simultaneous_resumes_one_owner(client, store, fault_log):
 
 def test_resume_of_canceled_or_init_failed_needs_force(client, store, fault_log):
     svc = deploy(client, "slow", faultfns.slow)
-    batch = svc.batch({"a": [float(i) for i in range(20)], "b": [0.2] * 20},
+    batch = svc.batch({"a": [float(i) for i in range(60)], "b": [0.2] * 60},
                       parallel_count=2).start()
     assert wait_until(lambda: batch.results().completed_item_count >= 1, 30)
     batch.cancel()
+    assert batch.state == "Canceled"
     with pytest.raises(ResumeError, match="force=True"):
         batch.resume()
     assert batch.resume(force=True).wait(timeout=60).state == "Complete"
-    assert (record_counts(store, batch.execution_id, 20) == 1).all()
+    assert (record_counts(store, batch.execution_id, 60) == 1).all()
 
     bad = deploy(client, "bad-init", faultfns.slow, init=faultfns.bad_init)
     failed = bad.batch({"a": [1.0], "b": [0.0]}, parallel_count=1).start()
