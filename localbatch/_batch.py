@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._engine import BatchOptions
 from ._errors import (
     BatchNotStartedError,
     BatchTimeoutError,
@@ -20,7 +21,6 @@ from ._errors import (
     RowNotRecordedError,
 )
 from ._executors import get_engine
-from ._runner import BatchOptions
 from ._schema import EncodingType, InputTable, normalize_records
 from ._spool import CsvSource
 from ._store import check_artifact_name

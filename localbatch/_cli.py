@@ -214,7 +214,7 @@ def _resolve_id(client: Any, text: str) -> str:
 
 def _batch(client: Any, execution_id: str, parallel_count: int | None = None) -> Any:
     """The execution's Batch, with the options it was started with (for resume/retry)."""
-    from ._runner import BatchOptions
+    from ._engine import BatchOptions
 
     batch = client.get_execution(execution_id)
     header = client._executions.read_header(execution_id)

@@ -37,7 +37,6 @@ raises an ``ImportError`` naming ``localbatch[dask]`` when it is missing.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import json
@@ -52,12 +51,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._commit import now_iso
-from ._errors import ConfigurationError, ServiceLoadError, StoreError
-from ._executors import Engine, RunContext, RunHandle, _DoneHandle
+from ._engine import DoneHandle, Engine, RunContext, RunHandle, input_chunks
+from ._errors import ConfigurationError, ServiceLoadError
 from ._logging import close_execution_logger
 from ._pool import WorkerPool, WorkerProcess, describe_exit
 from ._registry import Registry
-from ._runner import RUNNING, input_chunks
+from ._supervise import BatchAborted, SupervisorBase, register_exit_wait
 
 __all__ = ["DaskEngine", "close_worker_processes", "run_chunk"]
 
@@ -149,9 +148,7 @@ def _wait_for_batches_before_dask_exits() -> None:
     """
     global _ATEXIT_REGISTERED
     if not _ATEXIT_REGISTERED:
-        from ._runner import _wait_for_owned
-
-        atexit.register(_wait_for_owned)
+        register_exit_wait()
         _ATEXIT_REGISTERED = True
 
 
@@ -162,7 +159,7 @@ def _fail_before_start(ctx: RunContext, error: str) -> RunHandle:
     finally:
         ctx.lock.release()
         close_execution_logger(ctx.log)
-    return _DoneHandle()
+    return DoneHandle()
 
 
 def bundle_of(record: Any) -> dict[str, Any]:
@@ -190,26 +187,12 @@ class _Chunk:
                 {k: [v[p] for p in positions] for k, v in self.columns.items()})
 
 
-class _Abort(Exception):
-    """The batch as a whole cannot go on (message is the batch's error)."""
-
-    def __init__(self, error: str, resumable: bool = False) -> None:
-        super().__init__(error)
-        self.resumable = resumable
-
-
-class _DaskRun(RunHandle):
+class _DaskRun(SupervisorBase):
     """The supervisor of one execution on a Dask cluster (a thread of this process)."""
 
     def __init__(self, ctx: RunContext, client: Any) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.client = client
-        self.committer = ctx.committer
-        self.options = ctx.options
-        self.log = ctx.log
-        self.id = ctx.committer.id
-        self.done = threading.Event()
-        self._cancel = threading.Event()
         # One token per run: a resumed execution keeps its id, not its cancel flag.
         self._token = f"{self.id[:12]}-{uuid.uuid4().hex[:8]}"
         self._spec: dict[str, Any] = {}
@@ -225,55 +208,15 @@ class _DaskRun(RunHandle):
         self._submitted = 0
         self._attempts: dict[int, int] = {}
         self._row_seconds: float | None = None
-        self._failed_seen = ctx.committer.failed_count
         self._start_deaths = 0
         self._lost = 0
-        self._thread = threading.Thread(target=self._main, name=f"localbatch-dask-{self.id[:8]}",
-                                        daemon=True)
 
-    # lifecycle ---------------------------------------------------------------------
+    # lifecycle (see SupervisorBase) -----------------------------------------------
 
-    def start(self) -> None:
-        RUNNING[self.id] = self
-        self._thread.start()
-
-    def cancel(self, timeout: float | None = None) -> bool:
-        self._cancel.set()
-        return self.done.wait(timeout)
-
-    def _main(self) -> None:
-        try:
-            self._run()
-        except _Abort as exc:
-            self._abort(str(exc), resumable=exc.resumable)
-        except StoreError as exc:
-            self._abort(f"StoreError: {exc}", resumable=True)
-        except Exception as exc:
-            # The cluster went away, or a bug: the rows left can run again.
-            self.log.exception("dask supervisor stopped")
-            self._abort(f"{type(exc).__name__}: {exc} (Dask engine)", resumable=True)
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._inflight:
-            self._stop_chunks()
-        RUNNING.pop(self.id, None)
-        self.ctx.lock.release()
-        close_execution_logger(self.log)
-        self.done.set()
-
-    def _abort(self, error: str, *, resumable: bool) -> None:
-        self.log.error("batch failed: %s", error)
-        self._stop_chunks()
-        with contextlib.suppress(StoreError):
-            self.committer.commit()
-        with contextlib.suppress(StoreError):
-            self.committer.set_state("Failed", error=error, resumable=resumable,
-                                     ended=now_iso())
-
-    def _stop_chunks(self) -> None:
+    def _stop_work(self) -> None:
         """Cancel queued tasks and kill the subprocesses of running ones."""
+        if not self._inflight:
+            return
         futures = [f for f, _ in self._inflight.values()]
         self._inflight.clear()
         with contextlib.suppress(Exception):
@@ -288,30 +231,25 @@ class _DaskRun(RunHandle):
         try:
             self._bundle = bundle_of(record)
         except ServiceLoadError as exc:
-            raise _Abort(f"init failed: ServiceLoadError: {exc}") from None
+            raise BatchAborted(f"init failed: ServiceLoadError: {exc}") from None
         self._spec = {"run": self._token, "key": bundle_hash(record.manifest),
                       "limits": dict(self.options.limits), "row_timeout": self.options.row_timeout,
                       "init_timeout": self.options.init_timeout}
         sent = self._send_bundle()
-        if self.committer.header.get("state") == "Pending":
-            self.committer.set_state("InProgress", started=now_iso())
+        self._mark_in_progress()
         self.log.info("dask: bundle %s sent to %d workers", self._spec["key"], sent)
         while True:
-            if self._cancel.is_set() or self.ctx.store.cancel_requested(self.id):
+            if self._cancel_requested():
                 return self._finish_canceled()
             self._dispatch()
             if (not self._queue and not self._suspects and self._source is None
                     and not self._inflight):
-                break
+                return self._finish()
             self._wait_any(WAIT_TICK)
             self._collect()
             self._check_threshold()
             if self.committer.due():
                 self.committer.commit()
-        self.committer.commit()
-        self.committer.set_state("Complete", ended=now_iso())
-        self.log.info("batch complete: %d rows, %d failed", self.committer.completed_count,
-                      self.committer.failed_count)
 
     def _send_bundle(self, worker: str | None = None) -> int:
         """Cache the bundle on the workers (or one worker) that lack it; how many got it."""
@@ -323,18 +261,6 @@ class _DaskRun(RunHandle):
             self.client.run(_store_bundle, key, self._bundle, workers=lacking,
                             on_error="return")
         return len(lacking)
-
-    def _finish_canceled(self) -> None:
-        self._stop_chunks()
-        self.committer.commit()
-        self.committer.set_state("Canceled", ended=now_iso(), resumable=False)
-        self.log.info("batch canceled after %d rows", self.committer.completed_count)
-
-    def _check_threshold(self) -> None:
-        limit = self.options.error_threshold
-        if limit is not None and self._failed_seen > limit:
-            raise _Abort(f"error threshold exceeded: {self._failed_seen} rows failed "
-                         f"(error_threshold={limit})")
 
     # dispatch ----------------------------------------------------------------------
 
@@ -424,7 +350,7 @@ class _DaskRun(RunHandle):
             else:
                 hint = (" (localbatch must be installed on every Dask worker)"
                         if isinstance(exc, ImportError) else "")
-                raise _Abort(f"cannot run on the Dask cluster: {type(exc).__name__}: {exc}"
+                raise BatchAborted(f"cannot run on the Dask cluster: {type(exc).__name__}: {exc}"
                              f"{hint}", resumable=True)
         else:
             # Canceled by the cluster, not by us (a scheduler restart): run it again.
@@ -434,7 +360,7 @@ class _DaskRun(RunHandle):
         self._lost += 1
         self.log.warning("chunk %d %s: requeued", chunk.id, why)
         if self._lost > 10 * self.options.max_attempts * self.options.parallel_count:
-            raise _Abort(f"Dask keeps losing chunks ({why})", resumable=True)
+            raise BatchAborted(f"Dask keeps losing chunks ({why})", resumable=True)
         self._queue.appendleft(chunk)
 
     def _on_report(self, report: dict[str, Any], chunk: _Chunk) -> None:
@@ -448,16 +374,16 @@ class _DaskRun(RunHandle):
             self._requeue_lost(chunk, f"sent the bundle to {report['worker']}")
         elif kind == "init_error":
             etype, message, _ = report["error"]
-            raise _Abort(f"init failed: {etype}: {message}")
+            raise BatchAborted(f"init failed: {etype}: {message}")
         elif kind == "init_timeout":
-            raise _Abort(f"InitTimeout: init did not return within "
+            raise BatchAborted(f"InitTimeout: init did not return within "
                          f"{self.options.init_timeout:g}s")
         elif kind == "start_died":
             self._start_deaths += 1
             self.log.warning("dask worker %s: subprocess %s while starting", report["worker"],
                              report["why"])
             if self._start_deaths > self.options.max_attempts:
-                raise _Abort(f"init failed: {report['why']} while starting")
+                raise BatchAborted(f"init failed: {report['why']} while starting")
             self._queue.appendleft(chunk)
         else:  # "canceled" without a cancel of ours: a stale flag; run it again
             self._queue.appendleft(chunk)
@@ -469,7 +395,7 @@ class _DaskRun(RunHandle):
             per_row = max(busy, 0.0) / n
             self._row_seconds = per_row if self._row_seconds is None else (
                 0.7 * self._row_seconds + 0.3 * per_row)
-        self._failed_seen += sum(e is not None for e in payload["errors"])
+        self._count_failures(payload["errors"])
         self.committer.add(payload, self._attempts)
 
     def _on_death(self, chunk: _Chunk, report: dict[str, Any]) -> None:
@@ -484,7 +410,7 @@ class _DaskRun(RunHandle):
         else:
             self._start_deaths += 1
             if self._start_deaths > 3 * self.options.max_attempts * self.options.parallel_count:
-                raise _Abort(f"workers keep dying outside any row: {why}", resumable=True)
+                raise BatchAborted(f"workers keep dying outside any row: {why}", resumable=True)
         # The rest of the chunk goes again, without using an attempt.
         keep = [p for p, i in enumerate(chunk.indices) if i != skip]
         if keep:

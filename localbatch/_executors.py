@@ -12,70 +12,24 @@
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from ._commit import Committer, now_iso
+from ._commit import now_iso
+from ._engine import DoneHandle, Engine, RunContext, RunHandle, input_chunks
 from ._errors import ConfigurationError, StoreError
 from ._logging import close_execution_logger
 from ._registry import Registry, ServiceRecord
-from ._runner import BatchOptions, Supervisor, input_chunks
-from ._store import ExecutionStore, OwnerLock
+from ._runner import Supervisor
 from ._worker import Runtime
 
 __all__ = [
-    "Engine",
+    "ENGINES",
     "InlineEngine",
     "LocalEngine",
-    "RunContext",
-    "RunHandle",
     "clear_inline_runtimes",
     "get_engine",
     "inline_runtime",
 ]
-
-
-@dataclass
-class RunContext:
-    """Everything an engine needs to run the unrecorded rows of one execution."""
-
-    store: ExecutionStore
-    record: ServiceRecord
-    committer: Committer
-    lock: OwnerLock
-    options: BatchOptions
-    log: Any
-
-
-class RunHandle(ABC):
-    """What the facade waits on or cancels."""
-
-    done: threading.Event
-
-    @abstractmethod
-    def cancel(self, timeout: float | None = None) -> bool: ...
-
-
-class Engine(ABC):
-    """Runs an execution's pending rows and commits them through ``ctx.committer``."""
-
-    #: Name used in ``svc.batch(..., engine=name)``.
-    name: ClassVar[str]
-    #: Whether rows are isolated from the caller (a crash is charged to the row).
-    isolates_rows: ClassVar[bool] = True
-
-    @abstractmethod
-    def run(self, ctx: RunContext) -> RunHandle: ...
-
-
-class _SupervisorHandle(RunHandle):
-    def __init__(self, sup: Supervisor) -> None:
-        self._sup = sup
-        self.done = sup.done
-
-    def cancel(self, timeout: float | None = None) -> bool:
-        return self._sup.cancel(timeout)
 
 
 class LocalEngine(Engine):
@@ -84,18 +38,9 @@ class LocalEngine(Engine):
     name = "local"
 
     def run(self, ctx: RunContext) -> RunHandle:
-        sup = Supervisor(ctx.store, ctx.record, ctx.committer, ctx.lock, ctx.options, ctx.log)
+        sup = Supervisor(ctx)
         sup.start()
-        return _SupervisorHandle(sup)
-
-
-class _DoneHandle(RunHandle):
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.done.set()
-
-    def cancel(self, timeout: float | None = None) -> bool:
-        return True
+        return sup
 
 
 _RUNTIMES: dict[str, Runtime] = {}
@@ -138,7 +83,7 @@ class InlineEngine(Engine):
         finally:
             ctx.lock.release()
             close_execution_logger(ctx.log)
-        return _DoneHandle()
+        return DoneHandle()
 
     def _run(self, ctx: RunContext) -> None:
         committer = ctx.committer

@@ -17,33 +17,20 @@ killed by ``row_timeout``, a hung ``init`` by ``init_timeout``.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import logging
 import socket
-import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
+from ._engine import RunContext, input_chunks
+from ._pool import WORKER_POOL, WorkerProcess, describe_exit
+from ._supervise import BatchAborted, SupervisorBase
 
-from ._columns import decode_all
-from ._commit import Committer, now_iso
-from ._errors import ConfigurationError, StoreError
-from ._logging import close_execution_logger
-from ._pool import START_METHODS, WORKER_POOL, WorkerProcess, describe_exit
-from ._registry import ServiceRecord
-from ._schema import EncodingType
-from ._store import ExecutionStore, OwnerLock
+__all__ = ["Supervisor"]
 
-__all__ = ["BatchOptions", "RUNNING", "Supervisor", "input_chunks"]
-
-ACTIVE_STATES = ("Pending", "InProgress")
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
 # Deaths outside any row (while starting, between rows) with no progress in between,
 # per worker slot and attempt, before the batch is Failed: an init that crashes
@@ -51,57 +38,6 @@ IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
 UNBLAMED_DEATHS = 3
 TARGET_CHUNK_SECONDS = 0.05
 MAX_CHUNK = 10_000
-
-
-@dataclass
-class BatchOptions:
-    """Per-batch options (keyword arguments of ``svc.batch``)."""
-
-    parallel_count: int = 10
-    max_attempts: int = 3
-    row_timeout: float | None = None
-    init_timeout: float = 300.0
-    error_threshold: int | None = None
-    start_method: str = "spawn"
-    limits: dict[str, int] = field(default_factory=dict)
-
-    def validate(self) -> BatchOptions:
-        if not isinstance(self.parallel_count, int) or self.parallel_count < 1:
-            raise ConfigurationError(f"parallel_count must be an int >= 1, not "
-                                     f"{self.parallel_count!r}")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be an int >= 1, not "
-                                     f"{self.max_attempts!r}")
-        for name in ("row_timeout", "init_timeout"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        if self.error_threshold is not None and (
-                not isinstance(self.error_threshold, int) or self.error_threshold < 0):
-            raise ConfigurationError("error_threshold must be an int >= 0")
-        if self.start_method not in START_METHODS:
-            raise ConfigurationError(f"start_method must be one of {START_METHODS}")
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        return {"max_attempts": self.max_attempts, "row_timeout": self.row_timeout,
-                "init_timeout": self.init_timeout, "error_threshold": self.error_threshold,
-                "start_method": self.start_method, "limits": dict(self.limits)}
-
-
-class OwnedRun(Protocol):
-    """What every engine's supervisor offers the process that owns it."""
-
-    id: str
-    done: threading.Event
-    committer: Committer
-
-    def cancel(self, timeout: float | None = None) -> bool: ...
-
-
-#: Executions owned by supervisors of this process (any engine), by id.
-RUNNING: dict[str, OwnedRun] = {}
-_RUNNING_LOCK = threading.Lock()
 
 
 @dataclass
@@ -116,42 +52,12 @@ class _Chunk:
                 {k: [v[p] for p in positions] for k, v in self.columns.items()})
 
 
-def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[str, Any]],
-                 recorded: np.ndarray) -> Iterator[tuple[list[int], dict[str, list[Any]]]]:
-    """Rows without a record, one input part at a time (bounded memory)."""
-    for part in store.iter_inputs(execution_id):
-        rows = part.column("row")[2]["values"]
-        keep = np.flatnonzero(~recorded[rows])
-        if len(keep) == 0:
-            continue
-        cols = {name: _input_values(part.column(f"in.{name}"), enc) for name, enc in inputs}
-        if len(keep) < len(rows):
-            sel = keep.tolist()
-            cols = {k: [v[p] for p in sel] for k, v in cols.items()}
-        yield rows[keep].tolist(), cols
-
-
-def _input_values(column: Any, enc: EncodingType) -> list[Any]:
-    values = decode_all(column)
-    if enc in (EncodingType.vector, EncodingType.matrix):
-        return [None if v is None else np.asarray(v) for v in values]
-    return values
-
-
-class Supervisor:
+class Supervisor(SupervisorBase):
     """Runs the unrecorded rows of one execution on leased worker processes."""
 
-    def __init__(self, store: ExecutionStore, record: ServiceRecord, committer: Committer,
-                 lock: OwnerLock, options: BatchOptions, log: logging.Logger) -> None:
-        self.store = store
-        self.record = record
-        self.committer = committer
-        self.lock = lock
-        self.options = options
-        self.log = log
-        self.id = committer.id
-        self.done = threading.Event()
-        self._cancel = threading.Event()
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        store, record, committer = ctx.store, ctx.record, ctx.committer
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[WorkerProcess] = []
         self._inflight: dict[int, list[_Chunk]] = {}
@@ -163,62 +69,25 @@ class Supervisor:
         self._attempts: dict[int, int] = {}
         self._row_seconds: float | None = None
         self._unblamed_deaths = 0
-        self._failed_seen = committer.failed_count
-        self._thread = threading.Thread(target=self._main, name=f"localbatch-{self.id[:8]}",
-                                        daemon=True)
+        self._init_error: str | None = None
 
-    # lifecycle -------------------------------------------------------------------
-
-    def start(self) -> None:
-        with _RUNNING_LOCK:
-            RUNNING[self.id] = self
-        self._thread.start()
-
-    def cancel(self, timeout: float | None = None) -> bool:
-        self._cancel.set()
-        self._wake()
-        return self.done.wait(timeout)
+    # lifecycle (see SupervisorBase) ---------------------------------------------
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
-    def _main(self) -> None:
-        try:
-            self._run()
-        except StoreError as exc:
-            self._abort(f"StoreError: {exc}", resumable=True)
-        except Exception as exc:  # pragma: no cover - a bug in localbatch itself
-            self.log.exception("supervisor crashed")
-            self._abort(f"{type(exc).__name__}: {exc} (internal error)", resumable=True)
-        finally:
-            self._release()
-
-    def _release(self) -> None:
+    def _release_workers(self) -> None:
         idle = [w for w in self._workers if not w.dead and not self._inflight.get(w.pid)]
         for w in self._workers:
             if w not in idle:
                 w.kill()
         WORKER_POOL.give_back(idle)
         self._workers = []
-        with _RUNNING_LOCK:
-            RUNNING.pop(self.id, None)
-        self.lock.release()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
-        close_execution_logger(self.log)
-        self.done.set()
 
-    def _abort(self, error: str, *, resumable: bool) -> None:
-        self.log.error("batch failed: %s", error)
-        self._kill_all()
-        with contextlib.suppress(StoreError):
-            self.committer.commit()
-        with contextlib.suppress(StoreError):
-            self.committer.set_state("Failed", error=error, resumable=resumable,
-                                     ended=now_iso())
-
-    def _kill_all(self) -> None:
+    def _stop_work(self) -> None:
         for w in self._workers:
             if self._inflight.get(w.pid) or not w.ready:
                 w.kill()
@@ -233,36 +102,18 @@ class Supervisor:
                 return self._finish_canceled()
             self._dispatch()
             if self._finished():
-                break
+                return self._finish()
             self._poll(0.1)
-            if self._failed_early():
-                return
+            if self._init_error:
+                raise BatchAborted(self._init_error)
+            self._check_init_timeout()
+            self._check_threshold()
+            self._check_row_timeouts()
             if self.committer.due():
                 self.committer.commit()
-        self.committer.commit()
-        self.committer.set_state("Complete", ended=now_iso())
-        self.log.info("batch complete: %d rows, %d failed", self.committer.completed_count,
-                      self.committer.failed_count)
-
-    def _failed_early(self) -> bool:
-        error = self._init_problem() or self._threshold_problem()
-        if error:
-            self._abort(error, resumable=error.startswith("StoreError"))
-            return True
-        self._check_row_timeouts()
-        return False
 
     def _finished(self) -> bool:
         return not self._queue and self._source is None and not any(self._inflight.values())
-
-    def _cancel_requested(self) -> bool:
-        return self._cancel.is_set() or self.store.cancel_requested(self.id)
-
-    def _finish_canceled(self) -> None:
-        self._kill_all()
-        self.committer.commit()
-        self.committer.set_state("Canceled", ended=now_iso(), resumable=False)
-        self.log.info("batch canceled after %d rows", self.committer.completed_count)
 
     # workers ---------------------------------------------------------------------------
 
@@ -287,10 +138,6 @@ class Supervisor:
         self._workers.append(w)
         self._inflight[w.pid] = []
         self.log.info("worker %d started (%s)", w.pid, self.options.start_method)
-
-    def _mark_in_progress(self) -> None:
-        if self.committer.header.get("state") == "Pending":
-            self.committer.set_state("InProgress", started=now_iso())
 
     def _poll(self, timeout: float) -> None:
         conns = {w.conn: w for w in self._workers if w.conn is not None and not w.dead}
@@ -330,27 +177,15 @@ class Supervisor:
             self._row_seconds = per_row if self._row_seconds is None else (
                 0.7 * self._row_seconds + 0.3 * per_row)
         self._unblamed_deaths = 0
-        self._failed_seen += sum(e is not None for e in payload["errors"])
+        self._count_failures(payload["errors"])
         self.committer.add(payload, self._attempts)
 
-    _init_error: str | None = None
-
-    def _init_problem(self) -> str | None:
-        if self._init_error:
-            return self._init_error
+    def _check_init_timeout(self) -> None:
         limit = self.options.init_timeout
         now = time.monotonic()
         for w in self._workers:
             if not w.ready and not w.dead and limit and now - w.started_at > limit:
-                return f"InitTimeout: init did not return within {limit:g}s"
-        return None
-
-    def _threshold_problem(self) -> str | None:
-        limit = self.options.error_threshold
-        if limit is not None and self._failed_seen > limit:
-            return (f"error threshold exceeded: {self._failed_seen} rows failed "
-                    f"(error_threshold={limit})")
-        return None
+                raise BatchAborted(f"InitTimeout: init did not return within {limit:g}s")
 
     # deaths and timeouts ------------------------------------------------------------
 
@@ -466,31 +301,3 @@ class Supervisor:
                 except OSError:
                     self._on_death(w)
                     break
-
-
-# -- a script that reaches its end waits for the batches it owns ------------------------
-
-
-def _wait_for_owned() -> None:
-    with _RUNNING_LOCK:
-        running = list(RUNNING.values())
-    # A batch that has just written its final state is only handing its workers back.
-    busy = [run for run in running if run.committer.header.get("state") in ACTIVE_STATES]
-    if not busy:
-        for run in running:
-            run.done.wait(5)
-        return
-    print(f"localbatch: waiting for {len(busy)} running batch(es) to finish "
-          "(Ctrl-C cancels them)", file=sys.stderr, flush=True)
-    try:
-        for sup in running:
-            while not sup.done.wait(0.2):
-                pass
-    except KeyboardInterrupt:
-        for sup in running:
-            sup.cancel(timeout=30)
-        ids = ", ".join(s.id for s in running)
-        print(f"localbatch: canceled {ids}", file=sys.stderr, flush=True)
-
-
-atexit.register(_wait_for_owned)

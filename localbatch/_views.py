@@ -42,7 +42,7 @@ def _rows_done(header: dict[str, Any]) -> int:
     the batch the bar can count the rows as they come back from the workers.
     """
     from ._jobs import TERMINAL
-    from ._runner import RUNNING
+    from ._supervise import RUNNING
 
     done = int(header.get("completed") or 0)
     supervisor = RUNNING.get(header["execution_id"])

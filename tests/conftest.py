@@ -64,7 +64,7 @@ def _reap_processes():
     """No test may leave a worker (or anything it started) running."""
     yield
     from localbatch._pool import WORKER_POOL
-    from localbatch._runner import RUNNING
+    from localbatch._supervise import RUNNING
 
     # A batch can read Complete a moment before its supervisor hands workers back.
     deadline = time.monotonic() + 10

@@ -1,0 +1,128 @@
+"""The engine seam: options, the context an engine runs in, and its handle.
+
+An engine runs the rows of one execution that have no record yet and commits
+them through the execution's :class:`~localbatch._commit.Committer`. The local
+process engine, the inline engine and the Dask engine implement it.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._columns import decode_all
+from ._commit import Committer
+from ._errors import ConfigurationError
+from ._pool import START_METHODS
+from ._registry import ServiceRecord
+from ._schema import EncodingType
+from ._store import ExecutionStore, OwnerLock
+
+__all__ = ["BatchOptions", "DoneHandle", "Engine", "RunContext", "RunHandle", "input_chunks"]
+
+
+@dataclass
+class BatchOptions:
+    """Per-batch options (keyword arguments of ``svc.batch``)."""
+
+    parallel_count: int = 10
+    max_attempts: int = 3
+    row_timeout: float | None = None
+    init_timeout: float = 300.0
+    error_threshold: int | None = None
+    start_method: str = "spawn"
+    limits: dict[str, int] = field(default_factory=dict)
+
+    def validate(self) -> BatchOptions:
+        if not isinstance(self.parallel_count, int) or self.parallel_count < 1:
+            raise ConfigurationError(f"parallel_count must be an int >= 1, not "
+                                     f"{self.parallel_count!r}")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be an int >= 1, not "
+                                     f"{self.max_attempts!r}")
+        for name in ("row_timeout", "init_timeout"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if self.error_threshold is not None and (
+                not isinstance(self.error_threshold, int) or self.error_threshold < 0):
+            raise ConfigurationError("error_threshold must be an int >= 0")
+        if self.start_method not in START_METHODS:
+            raise ConfigurationError(f"start_method must be one of {START_METHODS}")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_attempts": self.max_attempts, "row_timeout": self.row_timeout,
+                "init_timeout": self.init_timeout, "error_threshold": self.error_threshold,
+                "start_method": self.start_method, "limits": dict(self.limits)}
+
+
+@dataclass
+class RunContext:
+    """Everything an engine needs to run the unrecorded rows of one execution."""
+
+    store: ExecutionStore
+    record: ServiceRecord
+    committer: Committer
+    lock: OwnerLock
+    options: BatchOptions
+    log: Any
+
+
+class RunHandle(ABC):
+    """What the facade waits on or cancels."""
+
+    done: threading.Event
+
+    @abstractmethod
+    def cancel(self, timeout: float | None = None) -> bool: ...
+
+
+class Engine(ABC):
+    """Runs an execution's pending rows and commits them through ``ctx.committer``."""
+
+    #: Name used in ``svc.batch(..., engine=name)``.
+    name: ClassVar[str]
+    #: Whether rows are isolated from the caller (a crash is charged to the row).
+    isolates_rows: ClassVar[bool] = True
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> RunHandle: ...
+
+
+class DoneHandle(RunHandle):
+    """The handle of a run that ended before ``run()`` returned (inline, failed start)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.done.set()
+
+    def cancel(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[str, Any]],
+                 recorded: np.ndarray) -> Iterator[tuple[list[int], dict[str, list[Any]]]]:
+    """Rows without a record, one input part at a time (bounded memory)."""
+    for part in store.iter_inputs(execution_id):
+        rows = part.column("row")[2]["values"]
+        keep = np.flatnonzero(~recorded[rows])
+        if len(keep) == 0:
+            continue
+        cols = {name: _input_values(part.column(f"in.{name}"), enc) for name, enc in inputs}
+        if len(keep) < len(rows):
+            sel = keep.tolist()
+            cols = {k: [v[p] for p in sel] for k, v in cols.items()}
+        yield rows[keep].tolist(), cols
+
+
+def _input_values(column: Any, enc: EncodingType) -> list[Any]:
+    values = decode_all(column)
+    if enc in (EncodingType.vector, EncodingType.matrix):
+        return [None if v is None else np.asarray(v) for v in values]
+    return values
