@@ -20,14 +20,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 ROWS = 60
 
 
-@pytest.fixture
-def fault_log(tmp_path, monkeypatch):
-    log = tmp_path / "runs"
-    log.mkdir()
-    monkeypatch.setenv("FAULT_LOG", str(log))
-    return log
-
-
 def _check_readable(batch, total):
     """Whatever is visible is whole: each recorded row has its true output and artifact."""
     resp = batch.results()

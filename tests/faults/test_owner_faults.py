@@ -26,14 +26,6 @@ from .helpers import (
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-def fault_log(tmp_path, monkeypatch):
-    log = tmp_path / "runs"
-    log.mkdir()
-    monkeypatch.setenv("FAULT_LOG", str(log))
-    return log
-
-
 def _worker_pids(store, execution_id):
     log = (store / "executions" / execution_id / "execution.log").read_text()
     return [int(line.split("worker ")[1].split()[0]) for line in log.splitlines()

@@ -16,14 +16,6 @@ ROWS = 150
 POISON = 70
 
 
-@pytest.fixture
-def fault_log(tmp_path, monkeypatch):
-    log = tmp_path / "runs"
-    log.mkdir()
-    monkeypatch.setenv("FAULT_LOG", str(log))
-    return log
-
-
 def frame(rows: int = ROWS, b: float = POISON) -> pd.DataFrame:
     return pd.DataFrame({"a": [float(i) for i in range(rows)], "b": b})
 
