@@ -63,7 +63,17 @@ def kind_for_encoding(enc_value: str) -> str:
 
 
 def _mask(values: Sequence[Any]) -> np.ndarray:
+    # Arrays cannot hold None, and `None in list` is a C loop: the common case (no
+    # missing value) never walks the values in Python.
+    if isinstance(values, np.ndarray) and values.dtype != object or None not in values:
+        return np.zeros(len(values), np.bool_)
     return np.fromiter((v is None for v in values), dtype=np.bool_, count=len(values))
+
+
+def _all_none(values: Sequence[Any]) -> bool:
+    if isinstance(values, list):
+        return values.count(None) == len(values)
+    return all(v is None for v in values)
 
 
 def _encode_number(values: Sequence[Any], dtype: Any) -> Column:
@@ -72,12 +82,12 @@ def _encode_number(values: Sequence[Any], dtype: Any) -> Column:
     mask = _mask(values)
     if mask.any():
         values = [0 if m else v for v, m in zip(values, mask.tolist(), strict=True)]
-    return "", {}, {"values": np.array(values, dtype=dtype), "mask": mask}
+    return "", {}, {"values": np.asarray(values, dtype=dtype), "mask": mask}
 
 
 def _encode_str(values: Sequence[Any]) -> Column:
     n = len(values)
-    if n and all(v is None for v in values):
+    if n and _all_none(values):
         return "", {}, {"data": np.zeros(0, np.uint8), "offsets": np.zeros(n + 1, np.int64),
                         "mask": np.ones(n, np.bool_)}
     raw = [b"" if v is None else str(v).encode("utf-8", "surrogatepass") for v in values]

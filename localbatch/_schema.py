@@ -316,8 +316,11 @@ def _to_python_value(enc: EncodingType, value: Any) -> Any:
 # -- casting a whole column ---------------------------------------------------
 
 
-def cast_column(enc: EncodingType, values: Any, name: str, offset: int = 0) -> list[Any]:
-    """Cast a column (pandas Series, array or list); errors name the row position."""
+def cast_column(enc: EncodingType, values: Any, name: str, offset: int = 0) -> Any:
+    """Cast a column (pandas Series, array or list); errors name the row position.
+
+    Returns a numpy array for clean numeric columns, else a list.
+    """
     fast = _fast_column(enc, values)
     if fast is not None:
         return fast
@@ -332,18 +335,24 @@ def cast_column(enc: EncodingType, values: Any, name: str, offset: int = 0) -> l
     return out
 
 
-def _fast_column(enc: EncodingType, values: Any) -> list[Any] | None:
-    """Vectorised casts for the common numpy dtypes; None means take the slow path."""
+def _fast_column(enc: EncodingType, values: Any) -> Any:
+    """Vectorised casts for the common numpy dtypes, as arrays; None means the slow path.
+
+    Only casts that are lossless for every value are taken here (ints beyond 2**53
+    as floats, or beyond int64, go the slow path and fail there, naming the row).
+    """
     dtype = getattr(values, "dtype", None)
-    if dtype is None or not isinstance(dtype, np.dtype):
+    if dtype is None or not isinstance(dtype, np.dtype) or len(values) == 0:
         return None
+    arr = np.asarray(values)
     kind = dtype.kind
-    if enc is EncodingType.numeric and kind in "fiu":
-        return np.asarray(values, dtype=np.float64).tolist()
-    if enc is EncodingType.integer and kind in "iu":
-        return np.asarray(values).tolist()
+    if enc is EncodingType.numeric and (kind == "f" or kind in "iu" and np.abs(arr).max()
+                                        <= 2**53):
+        return arr.astype(np.float64, copy=False)
+    if enc is EncodingType.integer and (kind == "i" or kind == "u" and arr.max() < 2**63):
+        return arr.astype(np.int64, copy=False)
     if enc is EncodingType.logical and kind == "b":
-        return np.asarray(values).tolist()
+        return arr.astype(np.bool_, copy=False)
     return None
 
 
@@ -355,7 +364,7 @@ class InputTable:
     """Validated batch input: cast columns in the service's input order."""
 
     columns: dict[str, list[Any]]
-    index: list[Any]
+    index: Sequence[Any]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -406,7 +415,11 @@ def _from_frame(frame: Any, inputs: Sequence[tuple[str, EncodingType]]) -> Input
     if len(frame) == 0:
         raise SchemaError("no records: the input has 0 rows")
     cols = {name: cast_column(enc, frame[name], name) for name, enc in inputs}
-    return InputTable(cols, frame.index.tolist())
+    index = frame.index
+    if isinstance(index, pd.RangeIndex):
+        # Kept as a range: a million labels are not walked one by one.
+        return InputTable(cols, range(index.start, index.stop, index.step))
+    return InputTable(cols, index.tolist())
 
 
 def _from_dict(records: Mapping[str, Any], inputs: Sequence[tuple[str, EncodingType]]
@@ -422,7 +435,7 @@ def _from_dict(records: Mapping[str, Any], inputs: Sequence[tuple[str, EncodingT
     if n == 0:
         raise SchemaError("no records: the input lists are empty")
     cols = {name: cast_column(enc, records[name], name) for name, enc in inputs}
-    return InputTable(cols, list(range(n)))
+    return InputTable(cols, range(n))
 
 
 def _from_record_list(
@@ -445,4 +458,4 @@ def _from_record_list(
                 cols[name].append(cast_value(enc, rec[name], name))
             except SchemaError as exc:
                 raise SchemaError(f"row {pos}: {exc}") from None
-    return InputTable(cols, list(range(len(records))))
+    return InputTable(cols, range(len(records)))

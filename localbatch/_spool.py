@@ -30,6 +30,8 @@ SPOOL_ROWS = 65536
 
 def _label_column(labels: Sequence[Any]) -> Column:
     """The input's index labels, with their types (see ``ResultReader.labels``)."""
+    if isinstance(labels, range):
+        return encode_column("int", np.arange(labels.start, labels.stop, labels.step))
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
            for v in labels):
         return encode_column("int", [int(v) for v in labels])
@@ -53,7 +55,7 @@ def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
            columns: dict[str, list[Any]], inputs: Sequence[tuple[str, EncodingType]]) -> None:
     n = len(labels)
     cols: dict[str, Column] = {
-        "row": encode_column("int", list(range(start, start + n))),
+        "row": encode_column("int", np.arange(start, start + n, dtype=np.int64)),
         "label": _label_column(labels),
     }
     for name, enc in inputs:
@@ -188,7 +190,7 @@ def spool_csv(source: CsvSource, folder: Path) -> int:
                 raise InputFileError(f"input {name!r} is a {enc.value}: it cannot be read "
                                      "from a CSV/TSV file")
             cols[name] = _cast_text(enc, frame[name], name, first_line)
-        labels = list(range(total, total + len(frame)))
+        labels = range(total, total + len(frame))
         _write(folder, seq, total, labels, cols, source.inputs)
         total += len(frame)
     if total == 0:

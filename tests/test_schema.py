@@ -174,7 +174,7 @@ def test_cast_from_python_is_lossless_too():
 
 
 def test_cast_column_names_the_row():
-    assert cast_column(EncodingType.numeric, pd.Series([1, 2]), "a") == [1.0, 2.0]
+    assert list(cast_column(EncodingType.numeric, pd.Series([1, 2]), "a")) == [1.0, 2.0]
     assert cast_column(EncodingType.integer, [1, 2.0], "a") == [1, 2]
     with pytest.raises(SchemaError, match=r"row 2: .*'a'.*2\.5"):
         cast_column(EncodingType.integer, [1, 2, 2.5], "a")
