@@ -8,6 +8,7 @@ counters derived from what was published.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -24,6 +25,10 @@ __all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso"]
 #: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
 PART_ROWS = 1000
 PART_SECONDS = 2.0
+#: Counters in execution.json trail the published parts by at most this much; the
+#: final state always carries the exact counts (a fast batch publishes hundreds of
+#: parts a second, and rewriting the header after each one cost as much as the part).
+HEADER_SECONDS = 0.2
 
 
 def now_iso() -> str:
@@ -53,6 +58,7 @@ class Committer:
         self.failed_count = 0
         #: Previous errors of rows being retried (``retry_failed``), kept in their record.
         self.history: dict[int, str] | None = None
+        self._header_written = 0.0
 
     # state -------------------------------------------------------------------
 
@@ -76,6 +82,7 @@ class Committer:
     def write_header(self) -> None:
         self.header.update(completed=self.completed_count, failed=self.failed_count,
                            updated=now_iso())
+        self._header_written = time.monotonic()
         try:
             self.store.write_header(self.id, self.header)
         except StoreError:
@@ -90,7 +97,8 @@ class Committer:
 
     def add(self, payload: dict[str, Any], attempts: dict[int, int]) -> None:
         """Buffer a chunk result from a worker (see ``Runtime.run_rows``)."""
-        payload["attempts"] = [attempts.get(i, 0) + 1 for i in payload["index"]]
+        payload["attempts"] = ([attempts.get(i, 0) + 1 for i in payload["index"]] if attempts
+                               else [1] * len(payload["index"]))
         self._push(payload)
 
     def add_failure(self, index: int, error_type: str, message: str, attempts: int,
@@ -148,7 +156,8 @@ class Committer:
         self.failed_count += int(errs.sum()) - int(self.failed[index].sum())
         self.recorded[index] = True
         self.failed[index] = errs
-        self.write_header()
+        if time.monotonic() - self._header_written >= HEADER_SECONDS:
+            self.write_header()
         return len(index)
 
     def _write_artifacts(self, index: int, files: dict[str, bytes]) -> None:
@@ -161,26 +170,42 @@ class Committer:
                              f"cannot write artifacts of row {index}: {exc}") from exc
 
     def _columns(self, batch: list[dict[str, Any]]) -> tuple[dict[str, Column], np.ndarray]:
-        index = np.concatenate([np.asarray(p["index"], np.int64) for p in batch])
+        index = _concat(batch, "index", np.int64)
         n = len(index)
         pids = np.concatenate([np.full(len(p["index"]), p["pid"], np.int64) for p in batch])
-        errors = [e for p in batch for e in p["errors"]]
-        history = [h for p in batch for h in p.get("history", [None] * len(p["index"]))]
+        errors = _flat(batch, "errors")
+        if errors.count(None) == n:
+            # The common case: no row failed; the three error columns are all missing.
+            etype = emsg = etb = errors
+        else:
+            etype, emsg, etb = ([e and e[k] for e in errors] for k in range(3))
+        history = (_flat(batch, "history") if any("history" in p for p in batch)
+                   else [None] * n)
         columns: dict[str, Column] = {
             "index": ("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
-            "attempts": encode_column("int", [a for p in batch for a in p["attempts"]]),
+            "attempts": encode_column("int", np.asarray(_flat(batch, "attempts"), np.int64)),
             "worker_pid": ("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
-            "started": encode_column("float", [t for p in batch for t in p["started"]]),
-            "ended": encode_column("float", [t for p in batch for t in p["ended"]]),
-            "error_type": encode_column("str", [e and e[0] for e in errors]),
-            "error_message": encode_column("str", [e and e[1] for e in errors]),
-            "traceback": encode_column("str", [e and e[2] for e in errors]),
-            "console": encode_column("str", [c for p in batch for c in p["console"]]),
+            "started": encode_column("float", _concat(batch, "started", np.float64)),
+            "ended": encode_column("float", _concat(batch, "ended", np.float64)),
+            "error_type": encode_column("str", etype),
+            "error_message": encode_column("str", emsg),
+            "traceback": encode_column("str", etb),
+            "console": encode_column("str", _flat(batch, "console")),
             "history": encode_column("str", history),
         }
         for name, _ in self._kinds:
             columns[f"out.{name}"] = concat_columns([p["outputs"][name] for p in batch])
         return columns, index
+
+
+def _concat(batch: list[dict[str, Any]], key: str, dtype: Any) -> np.ndarray:
+    """A numeric per-row field (a list or an array per chunk) as one array."""
+    return np.concatenate([np.asarray(p[key], dtype) for p in batch])
+
+
+def _flat(batch: list[dict[str, Any]], key: str) -> list[Any]:
+    """One list of a per-row field across the buffered chunk results."""
+    return list(itertools.chain.from_iterable(p[key] for p in batch))
 
 
 def history_entry(previous: list[Any] | None, error: str, version: str) -> str:

@@ -47,11 +47,10 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
 from typing import Any
 
 from ._commit import now_iso
-from ._engine import DoneHandle, Engine, RunContext, RunHandle, input_chunks
+from ._engine import Chunk, DoneHandle, Engine, RunContext, RunHandle, input_chunks
 from ._errors import ConfigurationError, ServiceLoadError
 from ._logging import close_execution_logger
 from ._pool import WorkerPool, WorkerProcess, describe_exit
@@ -173,20 +172,6 @@ def bundle_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-@dataclass
-class _Chunk:
-    id: int
-    indices: list[int]
-    columns: dict[str, list[Any]]
-    #: Runs with nothing else of this batch on the cluster (a row suspected of
-    #: killing Dask workers: alone, a death is its own).
-    alone: bool = False
-
-    def take(self, positions: list[int]) -> tuple[list[int], dict[str, list[Any]]]:
-        return ([self.indices[p] for p in positions],
-                {k: [v[p] for p in positions] for k, v in self.columns.items()})
-
-
 class _DaskRun(SupervisorBase):
     """The supervisor of one execution on a Dask cluster (a thread of this process)."""
 
@@ -198,9 +183,9 @@ class _DaskRun(SupervisorBase):
         self._spec: dict[str, Any] = {}
         self._bundle: dict[str, Any] = {}
         #: Running chunks by task key.
-        self._inflight: dict[str, tuple[Any, _Chunk]] = {}
-        self._queue: deque[_Chunk] = deque()
-        self._suspects: deque[_Chunk] = deque()
+        self._inflight: dict[str, tuple[Any, Chunk]] = {}
+        self._queue: deque[Chunk] = deque()
+        self._suspects: deque[Chunk] = deque()
         self._source: Any = input_chunks(ctx.store, self.id, ctx.record.inputs,
                                          ctx.committer.recorded)
         self._pending: tuple[list[int], dict[str, list[Any]]] | None = None
@@ -298,9 +283,9 @@ class _DaskRun(SupervisorBase):
         with contextlib.suppress(TimeoutError, CancelledError):
             wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
 
-    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> _Chunk:
+    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> Chunk:
         self._next_id += 1
-        return _Chunk(self._next_id, indices, columns)
+        return Chunk(self._next_id, indices, columns)
 
     def _chunk_size(self) -> int:
         if self._row_seconds is None:
@@ -310,7 +295,7 @@ class _DaskRun(SupervisorBase):
         fair = -(-remaining // (2 * self.options.parallel_count))
         return max(1, min(MAX_CHUNK, size, fair))
 
-    def _next_chunk(self) -> _Chunk | None:
+    def _next_chunk(self) -> Chunk | None:
         if self._queue:
             return self._queue.popleft()
         while self._source is not None:
@@ -338,7 +323,7 @@ class _DaskRun(SupervisorBase):
                 with contextlib.suppress(Exception):
                     future.release()
 
-    def _on_future(self, future: Any, chunk: _Chunk) -> None:
+    def _on_future(self, future: Any, chunk: Chunk) -> None:
         from distributed import KilledWorker
 
         if future.status == "finished":
@@ -356,14 +341,14 @@ class _DaskRun(SupervisorBase):
             # Canceled by the cluster, not by us (a scheduler restart): run it again.
             self._requeue_lost(chunk, f"{future.status} on the cluster")
 
-    def _requeue_lost(self, chunk: _Chunk, why: str) -> None:
+    def _requeue_lost(self, chunk: Chunk, why: str) -> None:
         self._lost += 1
         self.log.warning("chunk %d %s: requeued", chunk.id, why)
         if self._lost > 10 * self.options.max_attempts * self.options.parallel_count:
             raise BatchAborted(f"Dask keeps losing chunks ({why})", resumable=True)
         self._queue.appendleft(chunk)
 
-    def _on_report(self, report: dict[str, Any], chunk: _Chunk) -> None:
+    def _on_report(self, report: dict[str, Any], chunk: Chunk) -> None:
         kind = report["kind"]
         if kind == "result":
             self._on_result(report["payload"])
@@ -398,7 +383,7 @@ class _DaskRun(SupervisorBase):
         self._count_failures(payload["errors"])
         self.committer.add(payload, self._attempts)
 
-    def _on_death(self, chunk: _Chunk, report: dict[str, Any]) -> None:
+    def _on_death(self, chunk: Chunk, report: dict[str, Any]) -> None:
         current = report["row"]
         why = report["why"]
         self.log.warning("dask worker %s: subprocess %d ended: %s (row %s)", report["worker"],
@@ -414,9 +399,9 @@ class _DaskRun(SupervisorBase):
         # The rest of the chunk goes again, without using an attempt.
         keep = [p for p, i in enumerate(chunk.indices) if i != skip]
         if keep:
-            self._queue.appendleft(self._new_chunk(*chunk.take(keep)))
+            self._queue.appendleft(self._new_chunk(*chunk.split(keep)))
 
-    def _charge(self, chunk: _Chunk, row: int, started: float, why: str, *,
+    def _charge(self, chunk: Chunk, row: int, started: float, why: str, *,
                 timed_out: bool) -> None:
         attempts = self._attempts.get(row, 0) + 1
         self._attempts[row] = attempts
@@ -430,9 +415,9 @@ class _DaskRun(SupervisorBase):
             self._failed_seen += 1
         else:
             # A row that killed its worker runs alone from now on.
-            self._queue.appendleft(self._new_chunk(*chunk.take([chunk.indices.index(row)])))
+            self._queue.appendleft(self._new_chunk(*chunk.split([chunk.indices.index(row)])))
 
-    def _on_killed_worker(self, chunk: _Chunk, exc: Exception) -> None:
+    def _on_killed_worker(self, chunk: Chunk, exc: Exception) -> None:
         """A chunk whose Dask workers kept dying (the scheduler's ``allowed-failures``).
 
         Which row did it is unknown (the worker took the row's slot with it, and
@@ -445,7 +430,7 @@ class _DaskRun(SupervisorBase):
         self.log.warning("chunk %d killed Dask workers: %s", chunk.id, exc)
         if len(chunk.indices) > 1:
             for p in reversed(range(len(chunk.indices))):
-                self._queue.appendleft(self._new_chunk(*chunk.take([p])))
+                self._queue.appendleft(self._new_chunk(*chunk.split([p])))
             return
         row = chunk.indices[0]
         attempts = self._attempts.get(row, 0) + 1

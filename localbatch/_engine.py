@@ -23,7 +23,27 @@ from ._registry import ServiceRecord
 from ._schema import EncodingType
 from ._store import ExecutionStore, OwnerLock
 
-__all__ = ["BatchOptions", "DoneHandle", "Engine", "RunContext", "RunHandle", "input_chunks"]
+__all__ = ["BatchOptions", "Chunk", "DoneHandle", "Engine", "RunContext", "RunHandle",
+           "input_chunks"]
+
+
+@dataclass
+class Chunk:
+    """A dispatch chunk: rows (by index) and their input columns (lists or arrays)."""
+
+    id: int
+    indices: list[int]
+    columns: dict[str, Any]
+    #: When it was handed to a worker (for the adaptive chunk size).
+    sent: float = 0.0
+    #: Runs with nothing else of its batch beside it (a row suspected of killing workers).
+    alone: bool = False
+
+    def split(self, positions: list[int]) -> tuple[list[int], dict[str, Any]]:
+        """The indices and columns of some of its rows, by position."""
+        return ([self.indices[p] for p in positions],
+                {k: v[positions] if isinstance(v, np.ndarray) else [v[p] for p in positions]
+                 for k, v in self.columns.items()})
 
 
 @dataclass
@@ -121,7 +141,11 @@ def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[st
         yield rows[keep].tolist(), cols
 
 
-def _input_values(column: Any, enc: EncodingType) -> list[Any]:
+def _input_values(column: Any, enc: EncodingType) -> Any:
+    kind, _, bufs = column
+    if kind in ("float", "int", "bool") and not bufs["mask"].any():
+        # Sent to workers as arrays (a memcpy to pickle); they make Python values.
+        return bufs["values"]
     values = decode_all(column)
     if enc in (EncodingType.vector, EncodingType.matrix):
         return [None if v is None else np.asarray(v) for v in values]

@@ -95,9 +95,17 @@ class ResultReader:
         return rows, len(index) - 1 - first_rev
 
     def labels(self) -> np.ndarray:
-        """The input index label of every row (an object array, tuples kept whole)."""
+        """The input index label of every row (an object array, tuples kept whole).
+
+        Integer labels without a missing one (a default RangeIndex) come back as an
+        int64 array, without a Python object per row.
+        """
+        parts = list(self.store.iter_inputs(self.id))
+        cols = [p.column("label") for p in parts]
+        if cols and all(c[0] == "int" and not c[2]["mask"].any() for c in cols):
+            return np.concatenate([c[2]["values"] for c in cols])
         values: list[Any] = []
-        for part in self.store.iter_inputs(self.id):
+        for part in parts:
             col = part.column("label")
             if col[0] != "frame":
                 values.extend(decode_all(col))
@@ -146,10 +154,7 @@ class ResultReader:
                 data.update(_one_row_columns(name, long, cols, pos, nrows))
             else:
                 data[name] = _scalar_values(cols, pos, enc)
-        err = [_concat_str(p.column("error_type") for p in parts),
-               _concat_str(p.column("error_message") for p in parts)]
-        data["error"] = [None if t is None else (f"{t}: {m}" if m else t)
-                         for t, m in zip(err[0][pos].tolist(), err[1][pos].tolist(), strict=False)]
+        data["error"] = _error_column(parts, pos)
         frame = pd.DataFrame(data, index=_label_index(labels))
         if longs:
             return _long_frame(frame, longs)
@@ -178,11 +183,26 @@ def _label_index(labels: np.ndarray) -> Any:
     """The input's index: named "index", or levels "index_0".. for a MultiIndex."""
     import pandas as pd
 
+    if labels.dtype != object:
+        return pd.Index(labels, name="index")
     values = list(labels)
     if values and all(isinstance(v, tuple) for v in values):
         width = len(values[0])
         return pd.MultiIndex.from_tuples(values, names=[f"index_{k}" for k in range(width)])
     return pd.Index(values, name="index", dtype=object if not values else None)
+
+
+def _error_column(parts: list[Part], pos: np.ndarray) -> Any:
+    """"Type: message" per row, None where the row succeeded."""
+    if not parts:
+        return []
+    missing = np.concatenate([p.column("error_type")[2]["mask"] for p in parts])[pos]
+    if missing.all():  # no row failed: skip decoding a million empty strings
+        return np.full(len(pos), None, dtype=object)
+    types = _concat_str(p.column("error_type") for p in parts)[pos].tolist()
+    messages = _concat_str(p.column("error_message") for p in parts)[pos].tolist()
+    return [None if t is None else (f"{t}: {m}" if m else t)
+            for t, m in zip(types, messages, strict=True)]
 
 
 def _concat_str(cols: Any) -> np.ndarray:

@@ -21,11 +21,10 @@ import contextlib
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-from ._engine import RunContext, input_chunks
+from ._engine import Chunk, RunContext, input_chunks
 from ._pool import WORKER_POOL, WorkerProcess, describe_exit
 from ._supervise import BatchAborted, SupervisorBase
 
@@ -40,18 +39,6 @@ TARGET_CHUNK_SECONDS = 0.05
 MAX_CHUNK = 10_000
 
 
-@dataclass
-class _Chunk:
-    id: int
-    indices: list[int]
-    columns: dict[str, list[Any]]
-    sent: float = 0.0
-
-    def split(self, positions: list[int]) -> tuple[list[int], dict[str, list[Any]]]:
-        return ([self.indices[p] for p in positions],
-                {k: [v[p] for p in positions] for k, v in self.columns.items()})
-
-
 class Supervisor(SupervisorBase):
     """Runs the unrecorded rows of one execution on leased worker processes."""
 
@@ -60,8 +47,8 @@ class Supervisor(SupervisorBase):
         store, record, committer = ctx.store, ctx.record, ctx.committer
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[WorkerProcess] = []
-        self._inflight: dict[int, list[_Chunk]] = {}
-        self._queue: deque[_Chunk] = deque()
+        self._inflight: dict[int, list[Chunk]] = {}
+        self._queue: deque[Chunk] = deque()
         self._source = input_chunks(store, self.id, record.inputs, committer.recorded)
         self._source_rows: tuple[list[int], dict[str, list[Any]]] | None = None
         self._source_pos = 0
@@ -213,7 +200,7 @@ class Supervisor(SupervisorBase):
         if self._has_work() and not self._init_error:
             self._spawn()
 
-    def _charge(self, current: tuple[int, float] | None, chunks: list[_Chunk], why: str,
+    def _charge(self, current: tuple[int, float] | None, chunks: list[Chunk], why: str,
                 *, timed_out: bool) -> bool:
         if current is None or not any(current[0] in c.indices for c in chunks):
             return False
@@ -234,7 +221,7 @@ class Supervisor(SupervisorBase):
             self._queue.appendleft(self._new_chunk(*chunk.split([chunk.indices.index(row)])))
         return True
 
-    def _requeue(self, chunks: list[_Chunk], skip: int | None) -> None:
+    def _requeue(self, chunks: list[Chunk], skip: int | None) -> None:
         for chunk in reversed(chunks):
             keep = [p for p, i in enumerate(chunk.indices) if i != skip]
             if keep:
@@ -265,11 +252,11 @@ class Supervisor(SupervisorBase):
         size = int(TARGET_CHUNK_SECONDS / max(self._row_seconds, 1e-7))
         return max(1, min(MAX_CHUNK, size, fair))
 
-    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> _Chunk:
+    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> Chunk:
         self._next_chunk_id += 1
-        return _Chunk(self._next_chunk_id, indices, columns)
+        return Chunk(self._next_chunk_id, indices, columns)
 
-    def _next_chunk(self) -> _Chunk | None:
+    def _next_chunk(self) -> Chunk | None:
         if self._queue:
             return self._queue.popleft()
         while self._source is not None:

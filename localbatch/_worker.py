@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._columns import encode_column, kind_for_encoding
 from ._errors import SchemaError, ServiceLoadError
 from ._schema import EncodingType, cast_value
@@ -240,7 +242,7 @@ class Runtime:
         if self.manifest.get("vectorized"):
             return self._run_vectorized(indices, columns, slot)
         n = len(indices)
-        cols = [columns[name] for name, _ in self.inputs]
+        cols = [_python_values(columns[name]) for name, _ in self.inputs]
         errors: list[tuple[str, str, str] | None] = [None] * n
         started = [0.0] * n
         ended = [0.0] * n
@@ -286,9 +288,10 @@ class Runtime:
             self._fd_watch_rows = FD_WATCH_ROWS
         self._split_console(buf.getvalue(), marks, consoles)
         outputs = self._encode_outputs(self._collect(rets, errors), errors)
-        return {"index": list(indices), "started": started, "ended": ended,
-                "errors": errors, "console": consoles, "outputs": outputs,
-                "artifacts": artifacts, "pid": os.getpid()}
+        # Numeric fields go back as arrays: cheap to pickle, no per-row work for the owner.
+        return {"index": np.asarray(indices, np.int64), "started": np.asarray(started),
+                "ended": np.asarray(ended), "errors": errors, "console": consoles,
+                "outputs": outputs, "artifacts": artifacts, "pid": os.getpid()}
 
     def failed_chunk(self, indices: Sequence[int], exc: BaseException) -> dict[str, Any]:
         """Every row of a chunk failed with ``exc`` (outputs missing)."""
@@ -557,6 +560,12 @@ def _predict(model: Any, frame: Any) -> Any:
     if arr.ndim == 2:
         return pd.DataFrame(arr, columns=[f"{column}_{j}" for j in range(arr.shape[1])])
     return pd.DataFrame({column: arr})
+
+
+def _python_values(column: Any) -> Any:
+    """Row functions get Python scalars (float, int, bool), as the SDK gave them."""
+    return column.tolist() if isinstance(column, np.ndarray) and column.dtype != object \
+        else column
 
 
 def _error_of(exc: BaseException) -> tuple[str, str, str]:
