@@ -299,7 +299,13 @@ def consume(record: ServiceRecord, values: dict[str, Any], *, start_method: str 
         return _consume_inline(record, values)
     key = (str(record.path), start_method, ())
     taken = WORKER_POOL.take_idle(key, 1)
-    worker = taken[0] if taken else _start_worker(record, key, start_method, init_timeout)
+    if taken:
+        worker: WorkerProcess | dict[str, Any] = taken[0]
+    else:
+        worker = WorkerProcess(key, start_method)
+        worker.start({"path": str(record.path)}, None)
+    if not worker.ready:
+        worker = _await_ready(worker, init_timeout)
     if isinstance(worker, dict):
         return worker
     try:
@@ -326,10 +332,8 @@ def _consume_inline(record: ServiceRecord, values: dict[str, Any]) -> dict[str, 
     return runtime.run_rows([0], {k: [v] for k, v in values.items()})
 
 
-def _start_worker(record: ServiceRecord, key: tuple[Any, ...], start_method: str,
-                  init_timeout: float) -> WorkerProcess | dict[str, Any]:
-    worker = WorkerProcess(key, start_method)
-    worker.start({"path": str(record.path)}, None)
+def _await_ready(worker: WorkerProcess, init_timeout: float) -> WorkerProcess | dict[str, Any]:
+    """Wait for a starting worker's init; a failure becomes the call's payload."""
     assert worker.conn is not None
     try:
         if not worker.conn.poll(init_timeout):

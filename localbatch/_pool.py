@@ -313,7 +313,10 @@ class WorkerPool:
             taken, self._idle[key] = idle[:n], idle[n:]
         alive = []
         for w in taken:
-            if _pid_alive(w.pid, w.proc) and w.conn is not None and not _readable(w.conn):
+            # A ready idle worker has nothing to say; one still starting may have
+            # its "ready" waiting to be read.
+            if _pid_alive(w.pid, w.proc) and w.conn is not None and not (
+                    w.ready and _readable(w.conn)):
                 alive.append(w)
             else:
                 w.kill()
@@ -323,7 +326,9 @@ class WorkerPool:
         now = time.monotonic()
         keep = []
         for w in workers:
-            if w.dead or not w.ready or w.conn is None or self._closed:
+            # A worker still starting is kept too: the next batch would only start
+            # another one (small batches often end before a second worker is up).
+            if w.dead or w.conn is None or self._closed:
                 w.kill()
             else:
                 w.idle_since = now

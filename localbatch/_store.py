@@ -287,11 +287,13 @@ class ExecutionStore:
             raise StoreCorruptedError(f"{path} is corrupt: {exc}") from exc
         except OSError as exc:
             raise StoreError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
-        with self._parts_lock:
-            # Published parts are immutable, so caching them by name is safe.
-            if len(self._parts) > 256:
-                self._parts.clear()
-            self._parts[key] = part
+        if kind == "results":
+            with self._parts_lock:
+                # Published parts are immutable, so caching them by name is safe. Input
+                # parts are read once per run: caching them would hold the whole spool.
+                if len(self._parts) > 256:
+                    self._parts.clear()
+                self._parts[key] = part
         return part
 
     def iter_inputs(self, execution_id: str) -> Iterator[Part]:
