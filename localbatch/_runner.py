@@ -70,7 +70,9 @@ class Supervisor(SupervisorBase):
         idle = [w for w in self._workers if not w.dead and not self._inflight.get(w.pid)]
         for w in self._workers:
             if w not in idle:
-                w.kill()
+                self._kill(w, "killed: its rows were not finished")
+        for w in idle:
+            self.log.info("worker %d returned to the warm pool", w.pid)
         WORKER_POOL.give_back(idle)
         self._workers = []
         for sock in (self._wake_r, self._wake_w):
@@ -79,8 +81,13 @@ class Supervisor(SupervisorBase):
     def _stop_work(self) -> None:
         for w in self._workers:
             if self._inflight.get(w.pid) or not w.ready:
-                w.kill()
+                self._kill(w, "killed: the batch stopped")
         self._inflight.clear()
+
+    def _kill(self, w: WorkerProcess, why: str) -> None:
+        if not w.dead:
+            w.kill()
+            self.log.info("worker %d %s (%s)", w.pid, why, describe_exit(w.exitcode))
 
     # the loop ----------------------------------------------------------------------
 
