@@ -50,7 +50,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from ._commit import now_iso
-from ._engine import Chunk, DoneHandle, Engine, RunContext, RunHandle, input_chunks
+from ._engine import Chunk, DoneHandle, Engine, RunContext, RunHandle
 from ._errors import ConfigurationError, ServiceLoadError
 from ._logging import close_execution_logger
 from ._pool import WorkerPool, WorkerProcess, describe_exit
@@ -60,10 +60,6 @@ from ._supervise import BatchAborted, SupervisorBase, register_exit_wait
 __all__ = ["DaskEngine", "close_worker_processes", "run_chunk"]
 
 INSTALL_HINT = 'the Dask engine needs dask.distributed: pip install "localbatch[dask]"'
-#: Rows of compute a chunk aims for: a Dask task costs milliseconds, a local one microseconds.
-TARGET_CHUNK_SECONDS = 0.25
-FIRST_CHUNK = 8
-MAX_CHUNK = 10_000
 #: How often a chunk's task checks for a cancel and for ``row_timeout``.
 TASK_POLL = 0.05
 #: How often the supervisor checks for a cancel while it waits for chunks.
@@ -175,6 +171,9 @@ def bundle_hash(manifest: dict[str, Any]) -> str:
 class _DaskRun(SupervisorBase):
     """The supervisor of one execution on a Dask cluster (a thread of this process)."""
 
+    #: A Dask task costs milliseconds, a local chunk microseconds.
+    target_chunk_seconds = 0.25
+
     def __init__(self, ctx: RunContext, client: Any) -> None:
         super().__init__(ctx)
         self.client = client
@@ -184,15 +183,8 @@ class _DaskRun(SupervisorBase):
         self._bundle: dict[str, Any] = {}
         #: Running chunks by task key.
         self._inflight: dict[str, tuple[Any, Chunk]] = {}
-        self._queue: deque[Chunk] = deque()
         self._suspects: deque[Chunk] = deque()
-        self._source: Any = input_chunks(ctx.store, self.id, ctx.record.inputs,
-                                         ctx.committer.recorded)
-        self._pending: tuple[list[int], dict[str, list[Any]]] | None = None
-        self._next_id = 0
         self._submitted = 0
-        self._attempts: dict[int, int] = {}
-        self._row_seconds: float | None = None
         self._start_deaths = 0
         self._lost = 0
 
@@ -283,33 +275,6 @@ class _DaskRun(SupervisorBase):
         with contextlib.suppress(TimeoutError, CancelledError):
             wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
 
-    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> Chunk:
-        self._next_id += 1
-        return Chunk(self._next_id, indices, columns)
-
-    def _chunk_size(self) -> int:
-        if self._row_seconds is None:
-            return FIRST_CHUNK
-        size = int(TARGET_CHUNK_SECONDS / max(self._row_seconds, 1e-7))
-        remaining = self.committer.total - self.committer.completed_count
-        fair = -(-remaining // (2 * self.options.parallel_count))
-        return max(1, min(MAX_CHUNK, size, fair))
-
-    def _next_chunk(self) -> Chunk | None:
-        if self._queue:
-            return self._queue.popleft()
-        while self._source is not None:
-            if self._pending is None or not self._pending[0]:
-                self._pending = next(self._source, None)
-                if self._pending is None:
-                    self._source = None
-                continue
-            size = self._chunk_size()
-            rows, cols = self._pending
-            self._pending = (rows[size:], {k: v[size:] for k, v in cols.items()})
-            return self._new_chunk(rows[:size], {k: v[:size] for k, v in cols.items()})
-        return None
-
     # reports -----------------------------------------------------------------------
 
     def _collect(self) -> None:
@@ -378,8 +343,7 @@ class _DaskRun(SupervisorBase):
         if n:
             busy = max(payload["ended"]) - min(payload["started"])
             per_row = max(busy, 0.0) / n
-            self._row_seconds = per_row if self._row_seconds is None else (
-                0.7 * self._row_seconds + 0.3 * per_row)
+            self._note_row_seconds(per_row)
         self._count_failures(payload["errors"])
         self.committer.add(payload, self._attempts)
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections import deque
 from multiprocessing.connection import wait
 from typing import Any
 
-from ._engine import Chunk, RunContext, input_chunks
+from ._engine import Chunk, RunContext
 from ._pool import WORKER_POOL, WorkerProcess, describe_exit
 from ._supervise import BatchAborted, SupervisorBase
 
@@ -35,10 +34,6 @@ IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
 # per worker slot and attempt, before the batch is Failed: an init that crashes
 # its process fails fast, random outside kills (the OOM killer) do not.
 UNBLAMED_DEATHS = 3
-TARGET_CHUNK_SECONDS = 0.05
-MAX_CHUNK = 10_000
-#: Vectorised services are called once per chunk: larger chunks amortise the call.
-MAX_VECTOR_CHUNK = 200_000
 
 
 class Supervisor(SupervisorBase):
@@ -46,17 +41,9 @@ class Supervisor(SupervisorBase):
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
-        store, record, committer = ctx.store, ctx.record, ctx.committer
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[WorkerProcess] = []
         self._inflight: dict[int, list[Chunk]] = {}
-        self._queue: deque[Chunk] = deque()
-        self._source = input_chunks(store, self.id, record.inputs, committer.recorded)
-        self._source_rows: tuple[list[int], dict[str, list[Any]]] | None = None
-        self._source_pos = 0
-        self._next_chunk_id = 0
-        self._attempts: dict[int, int] = {}
-        self._row_seconds: float | None = None
         self._unblamed_deaths = 0
         self._init_error: str | None = None
 
@@ -170,8 +157,7 @@ class Supervisor(SupervisorBase):
             chunks.remove(chunk)
             spent = time.monotonic() - chunk.sent
             per_row = spent / max(1, len(chunk.indices))
-            self._row_seconds = per_row if self._row_seconds is None else (
-                0.7 * self._row_seconds + 0.3 * per_row)
+            self._note_row_seconds(per_row)
         self._unblamed_deaths = 0
         self._count_failures(payload["errors"])
         self.committer.add(payload, self._attempts)
@@ -249,38 +235,8 @@ class Supervisor(SupervisorBase):
 
     # dispatch -------------------------------------------------------------------------
 
-    def _has_work(self) -> bool:
-        return bool(self._queue) or self._source is not None
-
-    def _chunk_size(self) -> int:
-        remaining = self.committer.total - self.committer.completed_count
-        # At most a fair share, so a small batch of slow rows still uses every worker.
-        fair = max(1, -(-remaining // (2 * max(1, len(self._workers)))))
-        if self._row_seconds is None:
-            return min(8, fair)
-        size = int(TARGET_CHUNK_SECONDS / max(self._row_seconds, 1e-7))
-        cap = MAX_VECTOR_CHUNK if self.record.manifest.get("vectorized") else MAX_CHUNK
-        return max(1, min(cap, size, fair))
-
-    def _new_chunk(self, indices: list[int], columns: dict[str, list[Any]]) -> Chunk:
-        self._next_chunk_id += 1
-        return Chunk(self._next_chunk_id, indices, columns)
-
-    def _next_chunk(self) -> Chunk | None:
-        if self._queue:
-            return self._queue.popleft()
-        while self._source is not None:
-            if self._source_rows is None or self._source_pos >= len(self._source_rows[0]):
-                self._source_rows, self._source_pos = next(self._source, None), 0
-                if self._source_rows is None:
-                    self._source = None
-                    return None
-                continue
-            rows, cols = self._source_rows
-            lo = self._source_pos
-            hi = self._source_pos = lo + self._chunk_size()
-            return self._new_chunk(rows[lo:hi], {k: v[lo:hi] for k, v in cols.items()})
-        return None
+    def _slots(self) -> int:
+        return len(self._workers)
 
     def _dispatch(self) -> None:
         for w in list(self._workers):

@@ -19,10 +19,11 @@ import contextlib
 import sys
 import threading
 from abc import abstractmethod
-from typing import Protocol
+from collections import deque
+from typing import Any, ClassVar, Protocol
 
 from ._commit import Committer, now_iso
-from ._engine import RunContext, RunHandle
+from ._engine import Chunk, RunContext, RunHandle, input_chunks
 from ._errors import StoreError
 from ._logging import close_execution_logger
 
@@ -56,7 +57,19 @@ class BatchAborted(Exception):
 
 
 class SupervisorBase(RunHandle):
-    """One execution's owner thread: registered in RUNNING, cancellable, always released."""
+    """One execution's owner thread: registered in RUNNING, cancellable, always released.
+
+    It also deals the rows without a record out as chunks: requeued chunks first,
+    then the input spool, in chunks sized to about ``target_chunk_seconds`` of work.
+    """
+
+    #: Work per chunk the adaptive size aims for (a local chunk costs microseconds of
+    #: overhead, a Dask task milliseconds).
+    target_chunk_seconds: ClassVar[float] = 0.05
+    max_chunk: ClassVar[int] = 10_000
+    #: Vectorised services are called once per chunk: larger chunks amortise the call.
+    max_vector_chunk: ClassVar[int] = 200_000
+    first_chunk: ClassVar[int] = 8
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -70,6 +83,14 @@ class SupervisorBase(RunHandle):
         self.done = threading.Event()
         self._cancel = threading.Event()
         self._failed_seen = ctx.committer.failed_count
+        self._queue: deque[Chunk] = deque()
+        self._source: Any = input_chunks(ctx.store, self.id, ctx.record.inputs,
+                                         ctx.committer.recorded)
+        self._source_rows: tuple[list[int], dict[str, Any]] | None = None
+        self._source_pos = 0
+        self._next_chunk_id = 0
+        self._attempts: dict[int, int] = {}
+        self._row_seconds: float | None = None
         self._thread = threading.Thread(target=self._main, name=f"localbatch-{self.id[:8]}",
                                         daemon=True)
 
@@ -121,6 +142,51 @@ class SupervisorBase(RunHandle):
 
     def _release_workers(self) -> None:
         """Hand idle workers back at the very end (the local engine's warm pool)."""
+
+    # chunks ------------------------------------------------------------------------
+
+    def _slots(self) -> int:
+        """How many chunks run side by side (for a fair share of what is left)."""
+        return self.options.parallel_count
+
+    def _has_work(self) -> bool:
+        return bool(self._queue) or self._source is not None
+
+    def _note_row_seconds(self, per_row: float) -> None:
+        self._row_seconds = per_row if self._row_seconds is None else (
+            0.7 * self._row_seconds + 0.3 * per_row)
+
+    def _chunk_size(self) -> int:
+        remaining = self.committer.total - self.committer.completed_count
+        # At most a fair share, so a small batch of slow rows still uses every slot.
+        fair = max(1, -(-remaining // (2 * max(1, self._slots()))))
+        if self._row_seconds is None:
+            return min(self.first_chunk, fair)
+        size = int(self.target_chunk_seconds / max(self._row_seconds, 1e-7))
+        vectorized = self.record.manifest.get("vectorized")
+        cap = self.max_vector_chunk if vectorized else self.max_chunk
+        return max(1, min(cap, size, fair))
+
+    def _new_chunk(self, indices: list[int], columns: dict[str, Any]) -> Chunk:
+        self._next_chunk_id += 1
+        return Chunk(self._next_chunk_id, indices, columns)
+
+    def _next_chunk(self) -> Chunk | None:
+        """A requeued chunk first, else the next rows of the spool; None when none is left."""
+        if self._queue:
+            return self._queue.popleft()
+        while self._source is not None:
+            if self._source_rows is None or self._source_pos >= len(self._source_rows[0]):
+                self._source_rows, self._source_pos = next(self._source, None), 0
+                if self._source_rows is None:
+                    self._source = None
+                    return None
+                continue
+            rows, cols = self._source_rows
+            lo = self._source_pos
+            hi = self._source_pos = lo + self._chunk_size()
+            return self._new_chunk(rows[lo:hi], {k: v[lo:hi] for k, v in cols.items()})
+        return None
 
     # the end states ----------------------------------------------------------------
 
