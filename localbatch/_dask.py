@@ -355,7 +355,7 @@ class _DaskRun(SupervisorBase):
         skip = None
         if current is not None and current[0] in chunk.indices:
             skip = current[0]
-            self._charge(chunk, skip, current[1], why, timed_out=report["timed_out"])
+            self._charge_row(chunk, skip, current[1], why, timed_out=report["timed_out"])
         else:
             self._start_deaths += 1
             if self._start_deaths > 3 * self.options.max_attempts * self.options.parallel_count:
@@ -364,22 +364,6 @@ class _DaskRun(SupervisorBase):
         keep = [p for p, i in enumerate(chunk.indices) if i != skip]
         if keep:
             self._queue.appendleft(self._new_chunk(*chunk.split(keep)))
-
-    def _charge(self, chunk: Chunk, row: int, started: float, why: str, *,
-                timed_out: bool) -> None:
-        attempts = self._attempts.get(row, 0) + 1
-        self._attempts[row] = attempts
-        if timed_out:
-            self.committer.add_failure(row, "RowTimeout", why, attempts, started=started)
-            self._failed_seen += 1
-        elif attempts >= self.options.max_attempts:
-            self.committer.add_failure(row, "WorkerDied",
-                                       f"{why}; gave up after {attempts} attempts", attempts,
-                                       started=started)
-            self._failed_seen += 1
-        else:
-            # A row that killed its worker runs alone from now on.
-            self._queue.appendleft(self._new_chunk(*chunk.split([chunk.indices.index(row)])))
 
     def _on_killed_worker(self, chunk: Chunk, exc: Exception) -> None:
         """A chunk whose Dask workers kept dying (the scheduler's ``allowed-failures``).

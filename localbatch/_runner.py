@@ -200,20 +200,8 @@ class Supervisor(SupervisorBase):
         if current is None or not any(current[0] in c.indices for c in chunks):
             return False
         row, started = current
-        attempts = self._attempts.get(row, 0) + 1
-        self._attempts[row] = attempts
-        if timed_out:
-            self.committer.add_failure(row, "RowTimeout", why, attempts, started=started)
-            self._failed_seen += 1
-        elif attempts >= self.options.max_attempts:
-            self.committer.add_failure(
-                row, "WorkerDied", f"{why}; gave up after {attempts} attempts", attempts,
-                started=started)
-            self._failed_seen += 1
-        else:
-            chunk = next(c for c in chunks if row in c.indices)
-            # A row that killed its worker runs alone from now on.
-            self._queue.appendleft(self._new_chunk(*chunk.split([chunk.indices.index(row)])))
+        chunk = next(c for c in chunks if row in c.indices)
+        self._charge_row(chunk, row, started, why, timed_out=timed_out)
         return True
 
     def _requeue(self, chunks: list[Chunk], skip: int | None) -> None:

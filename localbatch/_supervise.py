@@ -188,6 +188,23 @@ class SupervisorBase(RunHandle):
             return self._new_chunk(rows[lo:hi], {k: v[lo:hi] for k, v in cols.items()})
         return None
 
+    def _charge_row(self, chunk: Chunk, row: int, started: float, why: str, *,
+                    timed_out: bool) -> None:
+        """A row that killed (or hung) its worker: record it, or run it again alone."""
+        attempts = self._attempts.get(row, 0) + 1
+        self._attempts[row] = attempts
+        if timed_out:
+            self.committer.add_failure(row, "RowTimeout", why, attempts, started=started)
+            self._failed_seen += 1
+        elif attempts >= self.options.max_attempts:
+            self.committer.add_failure(row, "WorkerDied",
+                                       f"{why}; gave up after {attempts} attempts", attempts,
+                                       started=started)
+            self._failed_seen += 1
+        else:
+            # A row that killed its worker runs alone from now on.
+            self._queue.appendleft(self._new_chunk(*chunk.split([chunk.indices.index(row)])))
+
     # the end states ----------------------------------------------------------------
 
     def _finish(self) -> None:
