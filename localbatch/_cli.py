@@ -92,34 +92,25 @@ def _duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
+def _number(convert: Callable[[str], Any], low: float, strict: bool, what: str
+            ) -> Callable[[str], Any]:
+    """An argparse type: ``convert(text)`` above ``low`` (or at least ``low``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > low if strict else value >= low):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
+_positive_int = _number(int, 1, False, "a whole number >= 1")
+_nonnegative_int = _number(int, 0, False, "a whole number >= 0")
+_seconds = _number(float, 0.0, True, "a positive number of seconds")
 
 
 def _timestamp(value: Any) -> float | None:
