@@ -16,7 +16,12 @@ Part file layout (``.lbp``)::
     b"LBP1" | uint32 header length | header JSON | 8-byte aligned raw buffers
 
 The header lists each column's kind, metadata and buffers (dtype, offset,
-length). A part is written to a temporary name and published by the caller.
+length). A buffer whose elements are all equal (no missing value, every row on
+its first attempt, one worker, a column of empty strings) is stored as
+``[dtype, "const", length, value]`` instead, and an integer buffer counting by a
+fixed step (row numbers) as ``[dtype, "range", length, start, step]``: a fast
+batch's part is then about its outputs and times, not its masks. A part is written to a temporary name and
+published by the caller.
 """
 
 from __future__ import annotations
@@ -531,21 +536,57 @@ def frame_table(col: Column) -> tuple[np.ndarray, Any]:
 def encode_part(columns: dict[str, Column], rows: int) -> bytes:
     """Serialise columns into the bytes of one part file."""
     header: dict[str, Any] = {"rows": rows, "columns": {}}
-    chunks: list[bytes] = []
+    chunks: list[Any] = []
     offset = 0
     for name, (kind, meta, bufs) in columns.items():
         entry: dict[str, Any] = {"kind": kind, "meta": meta, "buffers": {}}
         for key, arr in bufs.items():
             arr = np.ascontiguousarray(arr)
-            raw = arr.tobytes()
+            pattern = _pattern(arr)
+            if pattern is not None:
+                entry["buffers"][key] = [arr.dtype.str, pattern[0], arr.size, *pattern[1:]]
+                continue
             entry["buffers"][key] = [arr.dtype.str, offset, arr.size]
-            pad = (-len(raw)) % 8
-            chunks.append(raw + b"\0" * pad)
-            offset += len(raw) + pad
+            chunks.append(memoryview(arr).cast("B"))
+            pad = (-arr.nbytes) % 8
+            if pad:
+                chunks.append(b"\0" * pad)
+            offset += arr.nbytes + pad
         header["columns"][name] = entry
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * ((-(len(head) + 8)) % 8)
     return b"".join([MAGIC, struct.pack("<I", len(head)), head, *chunks])
+
+
+def _pattern(arr: np.ndarray) -> tuple[Any, ...] | None:
+    """("const", bits) or ("range", start, step) for a buffer that needs no bytes.
+
+    Equality is bitwise (the element's bytes as an unsigned integer), so -0.0,
+    NaN payloads and infinities are kept exactly and JSON only ever holds integers.
+    """
+    if arr.size < 2 or arr.dtype.kind not in "biuf" or arr.ndim != 1:
+        return None
+    bits = arr.view(f"<u{arr.dtype.itemsize}")
+    if (bits == bits[0]).all():
+        return "const", int(bits[0])
+    if arr.dtype == np.int64:
+        start, step = int(arr[0]), int(arr[1]) - int(arr[0])
+        last = start + step * (arr.size - 1)  # Python ints: no overflow while checking
+        if (-(2**63) <= last < 2**63 and abs(step) < 2**63
+                and (arr == start + step * np.arange(arr.size, dtype=np.int64)).all()):
+            return "range", start, step
+    return None
+
+
+def _materialize(dtype: np.dtype, form: str, count: int, args: list[Any]) -> np.ndarray:
+    if form == "const":
+        arr = np.full(count, args[0], f"<u{dtype.itemsize}").view(dtype)
+    elif form == "range":
+        arr = (args[0] + args[1] * np.arange(count, dtype=np.int64)).astype(dtype)
+    else:
+        raise ValueError(f"unknown buffer form {form!r}")
+    arr.flags.writeable = False  # like the frombuffer views of stored buffers
+    return arr
 
 
 class Part:
@@ -573,12 +614,15 @@ class Part:
         if col is None:
             entry = self._header["columns"][name]
             bufs = {}
-            for key, (dtype, offset, count) in entry["buffers"].items():
+            for key, (dtype, offset, count, *args) in entry["buffers"].items():
                 dt = np.dtype(dtype)
                 if dt.hasobject:
                     raise ValueError("object buffers are never stored")
-                bufs[key] = (np.frombuffer(self._body, dt, count, offset) if count
-                             else np.zeros(0, dt))
+                if isinstance(offset, str):
+                    bufs[key] = _materialize(dt, offset, count, args)
+                else:
+                    bufs[key] = (np.frombuffer(self._body, dt, count, offset) if count
+                                 else np.zeros(0, dt))
             col = self._cache[name] = (entry["kind"], entry["meta"], bufs)
         return col
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._worker import SLOT
+from ._worker import BOARD_BYTES, BOARD_HEAD, running_row
 
 __all__ = ["WORKER_POOL", "START_METHODS", "WorkerPool", "WorkerProcess", "describe_exit"]
 
@@ -47,7 +47,7 @@ def _scratch() -> str:
     global _SCRATCH
     if _SCRATCH is None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        _SCRATCH = tempfile.mkdtemp(prefix="localbatch-slots-", dir=base)
+        _SCRATCH = tempfile.mkdtemp(prefix="localbatch-boards-", dir=base)
     return _SCRATCH
 
 
@@ -132,9 +132,9 @@ class _Zygote:
             self.cond.notify_all()
         return buf
 
-    def fork(self, child_fd: int, slot_path: str) -> int:
+    def fork(self, child_fd: int, board_path: str) -> int:
         with self.lock:
-            socket.send_fds(self.sock, [pickle.dumps(slot_path)], [child_fd])
+            socket.send_fds(self.sock, [pickle.dumps(board_path)], [child_fd])
             with self.cond:
                 self.cond.wait_for(lambda: bool(self.forked), timeout=30)
                 pid = self.forked.pop(0) if self.forked else -1
@@ -173,7 +173,7 @@ def _zygote() -> _Zygote:
 
 @dataclass
 class WorkerProcess:
-    """One worker process, its connection and its row slot."""
+    """One worker process, its connection, its board and the chunks it was sent."""
 
     key: tuple[Any, ...]
     start_method: str
@@ -185,24 +185,29 @@ class WorkerProcess:
     idle_since: float = 0.0
     exitcode: int | None = None
     dead: bool = False
-    _slot_path: str = ""
-    _slot: Any = None
+    _board_path: str = ""
+    _board: Any = None
+    #: Row indices of each chunk sent and not yet answered, by chunk id.
+    _sent: dict[int, Any] = field(default_factory=dict)
 
     def start(self, load: dict[str, Any], limits: dict[str, int] | None) -> None:
-        fd, self._slot_path = tempfile.mkstemp(prefix="slot-", dir=_scratch())
-        os.write(fd, SLOT.pack(-1, 0.0))
-        os.close(fd)
+        fd, self._board_path = tempfile.mkstemp(prefix="board-", dir=_scratch())
+        try:
+            os.ftruncate(fd, BOARD_BYTES)  # sparse: a chunk touches only its rows' pages
+            os.write(fd, BOARD_HEAD.pack(-1))
+        finally:
+            os.close(fd)
         import mmap
 
-        with open(self._slot_path, "r+b") as fh:
-            self._slot = mmap.mmap(fh.fileno(), SLOT.size)
+        with open(self._board_path, "r+b") as fh:
+            self._board = mmap.mmap(fh.fileno(), BOARD_BYTES)
         parent, child = socket.socketpair()
         try:
             if self.start_method == "forkserver":
-                self.pid = _zygote().fork(child.fileno(), self._slot_path)
+                self.pid = _zygote().fork(child.fileno(), self._board_path)
             else:
                 self.proc = subprocess.Popen(
-                    [*_WORKER_CMD, "--fd", str(child.fileno()), "--slot", self._slot_path,
+                    [*_WORKER_CMD, "--fd", str(child.fileno()), "--board", self._board_path,
                      "--owner", str(os.getpid())],
                     pass_fds=[child.fileno()], env=_worker_env(), start_new_session=True,
                     stdin=subprocess.DEVNULL)
@@ -217,17 +222,22 @@ class WorkerProcess:
 
     def send(self, msg: Any) -> None:
         assert self.conn is not None
+        if msg[0] == "chunk":
+            self._sent[msg[1]] = msg[2]
         self.conn.send_bytes(pickle.dumps(msg, protocol=5))
 
     def recv(self) -> Any:
         assert self.conn is not None
-        return pickle.loads(self.conn.recv_bytes())
+        msg = pickle.loads(self.conn.recv_bytes())
+        if msg[0] == "result":
+            self._sent.pop(msg[1], None)
+        return msg
 
     def current_row(self) -> tuple[int, float] | None:
-        if self._slot is None:
+        """(row index, start time) of the row the worker is running, None between rows."""
+        if self._board is None:
             return None
-        index, started = SLOT.unpack_from(self._slot, 0)
-        return (int(index), float(started)) if index >= 0 else None
+        return running_row(self._board, self._sent.get)
 
     def kill(self) -> None:
         """SIGKILL the worker and every process it started (its own process group)."""
@@ -256,14 +266,14 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 self.conn.close()
             self.conn = None
-        if self._slot is not None:
+        if self._board is not None:
             with contextlib.suppress(BufferError, ValueError):
-                self._slot.close()
-            self._slot = None
-        if self._slot_path:
+                self._board.close()
+            self._board = None
+        if self._board_path:
             with contextlib.suppress(OSError):
-                os.unlink(self._slot_path)
-            self._slot_path = ""
+                os.unlink(self._board_path)
+            self._board_path = ""
 
     def stop(self) -> None:
         """Ask politely, then kill: used for idle workers only."""

@@ -87,12 +87,18 @@ class ResultReader:
         return [self.store.read_part(self.id, name) for name in self.row_map.parts]
 
     def _latest(self, parts: list[Part]) -> tuple[np.ndarray, np.ndarray]:
-        """(row index, position in the concatenated parts) of each row's latest record."""
+        """(row index, position in the concatenated parts) of each row's latest record.
+
+        The row map already knows each row's latest part and position in it, so this
+        is a gather, not a sort of every record.
+        """
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        index = np.concatenate([p.column("index")[2]["values"] for p in parts])
-        rows, first_rev = np.unique(index[::-1], return_index=True)
-        return rows, len(index) - 1 - first_rev
+        rmap = self.row_map
+        rows = np.flatnonzero(rmap.part_of >= 0)
+        starts = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([p.rows for p in parts], out=starts[1:])
+        return rows, starts[rmap.part_of[rows]] + rmap.pos_of[rows]
 
     def labels(self) -> np.ndarray:
         """The input index label of every row (an object array, tuples kept whole).
@@ -155,7 +161,12 @@ class ResultReader:
             else:
                 data[name] = _scalar_values(cols, pos, enc)
         data["error"] = _error_column(parts, pos)
-        frame = pd.DataFrame(data, index=_label_index(labels))
+        index = _label_index(labels)
+        # Object columns as Series of a stated dtype: pandas then skips inferring a
+        # type from every one of a million values (most often all None).
+        frame = pd.DataFrame({name: pd.Series(values, index=index, dtype=object, copy=False)
+                              if isinstance(values, np.ndarray) and values.dtype == object
+                              else values for name, values in data.items()}, index=index)
         if longs:
             return _long_frame(frame, longs)
         return frame

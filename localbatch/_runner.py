@@ -3,13 +3,13 @@
 ::
 
     input spool ──chunks──► supervisor thread ──("chunk")──► worker 1..N (processes)
-                               ▲   │  reads each worker's (row, start) slot
+                               ▲   │  reads the running row off each worker's board
                   ("result")───┘   ▼
                           Committer ──► results/part-*.lbp, artifacts/, execution.json
 
 The supervisor is the single writer of the execution. It waits on worker
 connections; a connection that ends is a dead worker, charged to the row its
-slot names (only that row: the rest of its chunks is requeued without using an
+board names (only that row: the rest of its chunks is requeued without using an
 attempt). Rows charged once run alone afterwards, so a poison row cannot take
 good rows down with it. It never hangs: every wait has a timeout, a hung row is
 killed by ``row_timeout``, a hung ``init`` by ``init_timeout``.

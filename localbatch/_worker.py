@@ -13,8 +13,10 @@ Protocol on the connection (pickled tuples)::
     worker → parent   ("result", chunk_id, payload)
     parent → worker   ("stop",)
 
-While a row runs, the worker keeps ``(row index, start time)`` in a shared
-memory slot, so the supervisor can charge a death or a timeout to that row.
+While a chunk runs, the worker shows it on a shared-memory :class:`Board`: the
+chunk id and, written just before each row is called, that row's start time. The
+supervisor (which knows each chunk's row indices) reads the running row from it,
+so it can charge a death or a timeout to that row only.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ from ._columns import encode_column, kind_for_encoding
 from ._errors import SchemaError, ServiceLoadError
 from ._schema import EncodingType, cast_value
 
-__all__ = ["Runtime", "Slot", "main"]
+__all__ = ["BOARD_ROWS", "Board", "Runtime", "main", "running_row"]
 
-SLOT = struct.Struct("<qd")
+#: Rows a board has room for: at least the largest chunk any engine deals.
+BOARD_ROWS = 1 << 18
+BOARD_HEAD = struct.Struct("<q")  # the running chunk's id (-1: none), then the times
+BOARD_BYTES = BOARD_HEAD.size + 8 * BOARD_ROWS
 #: Rows watched one by one for fd-level output (C code, child processes) after
 #: a worker starts or after such output was seen.
 FD_WATCH_ROWS = 1000
@@ -56,28 +61,109 @@ DEFAULT_LIMITS = {"console_bytes": 1 << 20, "artifact_bytes": 64 << 20,
                   "output_bytes": 64 << 20}
 
 
-class Slot:
-    """Shared ``(row index, start time)`` of the row a worker is running (-1 when idle)."""
+class Board:
+    """What a worker is running: ``int64 chunk id | float64 started[BOARD_ROWS]``.
 
-    def __init__(self, path: str | None) -> None:
-        self._mm: Any = None
+    The row loop stores a row's start time just before calling it, and nothing
+    else: the last non-zero time names the running row (the supervisor maps its
+    position to a row index), the next row's start is this row's end, and a
+    console write belongs to the last row started. One store per row is the whole
+    cost of crash attribution. Shared through a file in ``/dev/shm`` with the
+    supervisor; an anonymous map when rows run in the caller's process.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        import mmap
+
         if path:
-            import mmap
-
             fd = os.open(path, os.O_RDWR)
             try:
-                self._mm = mmap.mmap(fd, SLOT.size)
+                self._mm = mmap.mmap(fd, BOARD_BYTES)
             finally:
                 os.close(fd)
-            # Two typed views of the same 16 bytes: item assignment is several
-            # times cheaper than struct packing, and this runs once per row.
-            self._index = memoryview(self._mm).cast("q")
-            self._time = memoryview(self._mm).cast("d")
+        else:
+            self._mm = mmap.mmap(-1, BOARD_BYTES)  # pages exist once touched
+        self._id = memoryview(self._mm)[:BOARD_HEAD.size].cast("q")
+        #: The per-row store goes through a memoryview: several times cheaper than numpy's.
+        self.started = memoryview(self._mm)[BOARD_HEAD.size:].cast("d")
+        self._times = np.frombuffer(self._mm, np.float64, BOARD_ROWS, BOARD_HEAD.size)
 
-    def set(self, index: int, started: float) -> None:
-        if self._mm is not None:
-            self._time[1] = started
-            self._index[0] = index
+    def begin(self, chunk_id: int, n: int) -> None:
+        if n > BOARD_ROWS:
+            raise ValueError(f"a chunk of {n} rows is larger than a board ({BOARD_ROWS})")
+        self._id[0] = -1  # a reader that sees the times change also sees the id change
+        self._times[:n] = 0.0
+        self._id[0] = chunk_id
+
+    def end(self) -> None:
+        self._id[0] = -1
+
+    def times(self, n: int, finished: float) -> tuple[np.ndarray, np.ndarray]:
+        """(started, ended) of a chunk's n rows: a row ends where the next one starts."""
+        started = self._times[:n].copy()
+        ended = np.empty(n)
+        ended[:-1] = started[1:]
+        if n:
+            ended[-1] = finished
+        return started, ended
+
+
+def running_row(board: Any, indices_of: Callable[[int], Sequence[int] | None]
+                ) -> tuple[int, float] | None:
+    """(row index, start time) of the row a worker's board (a mapped file) names.
+
+    ``indices_of`` gives the row indices of a chunk id the worker was sent. The
+    id is read before and after the times, so a chunk change in between is seen.
+    """
+    for _ in range(3):
+        (chunk_id,) = BOARD_HEAD.unpack_from(board, 0)
+        indices = indices_of(chunk_id) if chunk_id >= 0 else None
+        if indices is None or not len(indices):
+            return None
+        start = BOARD_HEAD.size
+        times = np.frombuffer(board[start:start + 8 * len(indices)], np.float64)
+        if BOARD_HEAD.unpack_from(board, 0)[0] != chunk_id:
+            continue
+        running = np.flatnonzero(times)
+        if not len(running):
+            return None
+        k = int(running[-1])
+        return int(indices[k]), float(times[k])
+    return None
+
+
+class _RowConsole(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` during a chunk: each write goes to the running row.
+
+    The running row is found from the board when something is written, so rows
+    that print nothing cost nothing.
+    """
+
+    def __init__(self, started: Any, n: int) -> None:
+        self._started = started
+        self._n = n
+        self._k = 0
+        self.pieces: list[tuple[int, str]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        k, started = self._k, self._started
+        while k + 1 < self._n and started[k + 1] != 0.0:
+            k += 1
+        self._k = k
+        if text:
+            self.pieces.append((k, text))
+        return len(text)
+
+    def by_row(self, n: int) -> dict[int, str]:
+        rows: dict[int, list[str]] = {}
+        for k, text in self.pieces:
+            rows.setdefault(k, []).append(text)
+        return {k: "".join(texts) for k, texts in rows.items()}
 
 
 # -- loading -------------------------------------------------------------------
@@ -149,6 +235,7 @@ class Runtime:
         #: The service function itself, when it can be called as is (the hot path).
         self._direct: Callable[..., Any] | None = None
         self._call: Callable[[Sequence[Any]], Any] = _unloaded
+        self._board: Board | None = None
         self._multi_ok = len(self.outputs) > 1 or (
             bool(self.outputs) and self.outputs[0][1] is not EncodingType.dataframe)
 
@@ -240,43 +327,52 @@ class Runtime:
         return {self.outputs[0][0]: ret}
 
     def run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
-                 slot: Slot | None = None, cap_fd: int | None = None) -> dict[str, Any]:
+                 board: Board | None = None, cap_fd: int | None = None,
+                 chunk_id: int = 0) -> dict[str, Any]:
         """Score rows; every user failure becomes that row's error, never an exception."""
-        if self.manifest.get("vectorized"):
-            return self._run_vectorized(indices, columns, slot)
+        board = board or self._own_board()
+        board.begin(chunk_id, len(indices))
+        try:
+            if self.manifest.get("vectorized"):
+                return self._run_vectorized(indices, columns, board)
+            return self._run_rows(indices, columns, board, cap_fd)
+        finally:
+            board.end()
+
+    def _own_board(self) -> Board:
+        if self._board is None:
+            self._board = Board()
+        return self._board
+
+    def _run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
+                  board: Board, cap_fd: int | None) -> dict[str, Any]:
         n = len(indices)
         cols = [_python_values(columns[name]) for name, _ in self.inputs]
-        errors: list[tuple[str, str, str] | None] = [None] * n
-        started = [0.0] * n
-        ended = [0.0] * n
-        consoles: list[str | None] = [None] * n
-        artifacts: dict[int, dict[str, bytes]] = {}
-        buf = io.StringIO()
+        errors: dict[int, tuple[str, str, str]] = {}
+        rets: list[Any] = [None] * n
+        console = _RowConsole(board.started, n)
         real_out, real_err = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = buf
+        sys.stdout = sys.stderr = console
         cap_pos = _fd_size(cap_fd)
         # An fstat per row costs more than a trivial row: watch fd-level output per
         # row only while this service has been seen writing there (or is new).
         per_row_fd = cap_fd is not None and self._fd_watch_rows > 0
-        fd_row = cap_fd if per_row_fd else None
-        marks = [0] * n
-        rets: list[Any] = [None] * n
-        set_slot = (slot or Slot(None)).set
+        fd_text: dict[int, str] = {}
+        artifacts: dict[int, dict[str, bytes]] = {}
         home = os.getcwd()
         debug = _debuggable(real_out) if self.inline else contextlib.nullcontext()
         rows = zip(*cols, strict=True) if cols else [()] * n
         try:
             debug.__enter__()
-            if self.artifacts or fd_row is not None:
-                cap_pos = self._loop_full(rows, indices, rets, errors, started, ended, marks,
-                                          consoles, artifacts, buf, set_slot, fd_row, cap_pos)
+            if self.artifacts or per_row_fd:
+                cap_pos = self._loop_full(rows, indices, rets, errors, board.started, artifacts,
+                                          cap_fd if per_row_fd else None, cap_pos, fd_text)
             else:
-                self._loop_fast(rows, indices, rets, errors, started, ended, marks, buf,
-                                set_slot)
+                self._loop_fast(rows, rets, errors, board.started)
         finally:
+            finished = time.time()
             debug.__exit__(None, None, None)
             sys.stdout, sys.stderr = real_out, real_err
-            set_slot(-1, 0.0)
             # A row that changed directory must not move later calls (checked per
             # chunk, not per row: a syscall per row costs more than a trivial row).
             if os.getcwd() != home:
@@ -286,14 +382,16 @@ class Runtime:
         elif cap_fd is not None and n and _fd_size(cap_fd) != cap_pos:
             # Unexpected fd-level output: give it to the chunk's last row, and watch
             # per row from now on.
-            consoles[n - 1] = (consoles[n - 1] or "") + _read_fd(cap_fd, cap_pos,
-                                                                 _fd_size(cap_fd))
+            fd_text[n - 1] = _read_fd(cap_fd, cap_pos, _fd_size(cap_fd))
             self._fd_watch_rows = FD_WATCH_ROWS
-        self._split_console(buf.getvalue(), marks, consoles)
-        outputs = self._encode_outputs(self._collect(rets, errors), errors)
+        error_list: list[tuple[str, str, str] | None] = [None] * n
+        for k, error in errors.items():
+            error_list[k] = error
+        outputs = self._encode_outputs(self._collect(rets, error_list), error_list)
+        started, ended = board.times(n, finished)
         # Numeric fields go back as arrays: cheap to pickle, no per-row work for the owner.
-        return {"index": np.asarray(indices, np.int64), "started": np.asarray(started),
-                "ended": np.asarray(ended), "errors": errors, "console": consoles,
+        return {"index": np.asarray(indices, np.int64), "started": started, "ended": ended,
+                "errors": error_list, "console": self._consoles(n, fd_text, console),
                 "outputs": outputs, "artifacts": artifacts, "pid": os.getpid()}
 
     def failed_chunk(self, indices: Sequence[int], exc: BaseException) -> dict[str, Any]:
@@ -308,34 +406,25 @@ class Runtime:
                 "errors": [error] * n, "console": [None] * n, "outputs": outputs,
                 "artifacts": {}, "pid": os.getpid()}
 
-    def _loop_fast(self, rows: Any, indices: Sequence[int], rets: list[Any],
-                   errors: list[Any], started: list[float], ended: list[float],
-                   marks: list[int], buf: io.StringIO, set_slot: Callable[[int, float], None]
+    def _loop_fast(self, rows: Any, rets: list[Any], errors: dict[int, Any], started: Any
                    ) -> None:
-        """The per-row loop without artifacts or fd watching: kept minimal on purpose."""
-        call, direct, now, tell = self._call, self._direct, time.time, buf.tell
+        """The per-row loop without artifacts or fd watching: one clock read and one
+        store per row besides the call (see :class:`Board`)."""
+        fn, now = self._direct or _spread(self._call), time.time
         for k, args in enumerate(rows):
-            t = now()
-            set_slot(indices[k], t)
-            started[k] = t
+            started[k] = now()
             try:
-                rets[k] = direct(*args) if direct is not None else call(args)
+                rets[k] = fn(*args)
             except BaseException as exc:  # noqa: B036 - user code: SystemExit too
                 errors[k] = _error_of(exc)
-            ended[k] = now()
-            marks[k] = tell()
 
     def _loop_full(self, rows: Any, indices: Sequence[int], rets: list[Any],
-                   errors: list[Any], started: list[float], ended: list[float],
-                   marks: list[int], consoles: list[Any], artifacts: dict[int, Any],
-                   buf: io.StringIO, set_slot: Callable[[int, float], None],
-                   fd_row: int | None, cap_pos: int) -> int:
+                   errors: dict[int, Any], started: Any, artifacts: dict[int, Any],
+                   fd_row: int | None, cap_pos: int, fd_text: dict[int, str]) -> int:
         """The per-row loop with a working folder per row and fd-level capture."""
         call = self._call
         for k, args in enumerate(rows):
-            t = time.time()
-            set_slot(indices[k], t)
-            started[k] = t
+            started[k] = time.time()
             try:
                 if self.artifacts:
                     rets[k] = self._with_workdir(call, args, artifacts, indices[k])
@@ -343,15 +432,25 @@ class Runtime:
                     rets[k] = call(args)
             except BaseException as exc:  # noqa: B036 - user code: SystemExit too
                 errors[k] = _error_of(exc)
-            ended[k] = time.time()
-            marks[k] = buf.tell()
             if fd_row is not None:
                 size = _fd_size(fd_row)
                 if size != cap_pos:
-                    consoles[k] = _read_fd(fd_row, cap_pos, size)
+                    fd_text[k] = _read_fd(fd_row, cap_pos, size)
                     cap_pos = size
                     self._fd_watch_rows = FD_WATCH_ROWS
         return cap_pos
+
+    def _consoles(self, n: int, fd_text: dict[int, str], console: _RowConsole
+                  ) -> list[str | None]:
+        """Each row's console text: fd-level output first, then sys.stdout/stderr."""
+        consoles: list[str | None] = [None] * n
+        if not fd_text and not console.pieces:
+            return consoles  # nothing was printed (the common case)
+        cap = self.limits["console_bytes"]
+        printed = console.by_row(n)
+        for k in sorted(set(fd_text) | set(printed)):
+            consoles[k] = _truncate(fd_text.get(k, "") + printed.get(k, ""), cap)
+        return consoles
 
     def _collect(self, rets: list[Any], errors: list[Any]) -> dict[str, list[Any]]:
         """Return values → per-output columns (the SDK's first-output rule, or a dict)."""
@@ -372,7 +471,7 @@ class Runtime:
     # vectorised services ---------------------------------------------------------
 
     def _run_vectorized(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
-                        slot: Slot | None) -> dict[str, Any]:
+                        board: Board) -> dict[str, Any]:
         """Call the code once per chunk with columns (pandas Series) instead of scalars.
 
         A chunk that raises is bisected until the failing rows are alone, so only
@@ -387,19 +486,17 @@ class Runtime:
         real_out, real_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = state.buf
         try:
-            self._vector_span(series, indices, 0, n, state, (slot or Slot(None)).set)
+            self._vector_span(series, 0, n, state, board.started)
         finally:
             sys.stdout, sys.stderr = real_out, real_err
-            (slot or Slot(None)).set(-1, 0.0)
         outputs = self._encode_outputs(state.values, state.errors)
-        return {"index": list(indices), "started": state.started, "ended": state.ended,
-                "errors": state.errors, "console": state.consoles, "outputs": outputs,
-                "artifacts": {}, "pid": os.getpid()}
+        return {"index": np.asarray(indices, np.int64), "started": state.started,
+                "ended": state.ended, "errors": state.errors, "console": state.consoles,
+                "outputs": outputs, "artifacts": {}, "pid": os.getpid()}
 
-    def _vector_span(self, series: list[Any], indices: Sequence[int], lo: int, hi: int,
-                     state: _VectorState, set_slot: Callable[[int, float], None]) -> None:
-        t = time.time()
-        set_slot(indices[lo], t)
+    def _vector_span(self, series: list[Any], lo: int, hi: int, state: _VectorState,
+                     started: Any) -> None:
+        t = started[lo] = time.time()  # the board names a span by its first row
         mark = state.buf.tell()
         try:
             ret = self._call([s.iloc[lo:hi] for s in series])
@@ -410,8 +507,8 @@ class Runtime:
                 state.note(lo, hi, t, mark)
                 return
             mid = (lo + hi) // 2
-            self._vector_span(series, indices, lo, mid, state, set_slot)
-            self._vector_span(series, indices, mid, hi, state, set_slot)
+            self._vector_span(series, lo, mid, state, started)
+            self._vector_span(series, mid, hi, state, started)
             return
         for name, values in per_row.items():
             state.values[name][lo:hi] = values
@@ -431,18 +528,6 @@ class Runtime:
                                  f"{m} rows")
             out[name] = rows
         return out
-
-    def _split_console(self, text: str, marks: list[int], consoles: list[str | None]) -> None:
-        if not text and consoles.count(None) == len(consoles):
-            return  # nothing was printed (the common case)
-        cap = self.limits["console_bytes"]
-        prev = 0
-        for k, mark in enumerate(marks):
-            piece = text[prev:mark] if mark != prev else ""
-            prev = mark
-            extra = consoles[k]
-            if piece or extra:
-                consoles[k] = _truncate((extra or "") + piece, cap)
 
     def _with_workdir(self, call: Callable[[Sequence[Any]], Any], args: Sequence[Any],
                       sink: dict[int, dict[str, bytes]], index: int) -> Any:
@@ -536,6 +621,10 @@ def _capped(value: Any, name: str, cap: int) -> Any:
         raise _TooLarge(f"output {name!r} is {size} bytes, over the per-row cap of {cap} "
                         "(batch option output_limit)")
     return value
+
+
+def _spread(call: Callable[[Sequence[Any]], Any]) -> Callable[..., Any]:
+    return lambda *args: call(args)
 
 
 def _unloaded(args: Sequence[Any]) -> Any:
@@ -698,7 +787,7 @@ def _send(conn: Any, msg: Any) -> None:
     conn.send_bytes(pickle.dumps(msg, protocol=5))
 
 
-def serve(conn: Any, slot_path: str | None, owner: int) -> None:
+def serve(conn: Any, board_path: str | None, owner: int) -> None:
     """The worker's life: load, init, then chunks until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_owner(owner, os.getppid())
@@ -706,14 +795,14 @@ def serve(conn: Any, slot_path: str | None, owner: int) -> None:
     os.environ["LOCALBATCH_SCRATCH"] = scratch
     os.chdir(scratch)
     cap_fd = _capture_fds(scratch)
-    slot = Slot(slot_path)
+    board = Board(board_path)
     try:
-        _serve_loop(conn, slot, cap_fd)
+        _serve_loop(conn, board, cap_fd)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _serve_loop(conn: Any, slot: Slot, cap_fd: int) -> None:
+def _serve_loop(conn: Any, board: Board, cap_fd: int) -> None:
     msg = pickle.loads(conn.recv_bytes())
     assert msg[0] == "load"
     buf = io.StringIO()
@@ -735,7 +824,7 @@ def _serve_loop(conn: Any, slot: Slot, cap_fd: int) -> None:
             return
         _, chunk_id, indices, columns = msg
         try:
-            payload = runtime.run_rows(indices, columns, slot, cap_fd)
+            payload = runtime.run_rows(indices, columns, board, cap_fd, chunk_id)
         except Exception as exc:
             # A failure of localbatch's own code around the rows (not of the user's):
             # record it on every row of the chunk rather than die unexplained.
@@ -772,8 +861,14 @@ def _zygote(conn: Any, owner: int) -> None:
     import select
     import socket
 
+    import gc
+
     import numpy  # noqa: F401 - imported once here so forked workers start warm
     import pandas  # noqa: F401
+
+    # Objects inherited by every fork stay out of the children's collections: their
+    # gen-2 passes would otherwise walk (and copy-on-write touch) pandas' whole heap.
+    gc.freeze()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=conn.fileno())
@@ -818,13 +913,13 @@ def _report_exits(sock: Any) -> None:
         sock.sendall(b"X" + struct.pack("<qq", pid, os.waitstatus_to_exitcode(status)))
 
 
-def _zygote_child(sock: Any, fd: int, slot_path: str, owner: int) -> None:
+def _zygote_child(sock: Any, fd: int, board_path: str, owner: int) -> None:
     from multiprocessing.connection import Connection
 
     sock.close()
     os.setsid()
     try:
-        serve(Connection(fd), slot_path, owner)
+        serve(Connection(fd), board_path, owner)
     finally:
         os._exit(0)
 
@@ -835,12 +930,12 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="localbatch-worker")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--slot", default=None)
+    parser.add_argument("--board", default=None)
     parser.add_argument("--owner", type=int, required=True)
     parser.add_argument("--zygote", action="store_true")
     args = parser.parse_args(argv)
     if args.zygote:
         _zygote(Connection(args.fd), args.owner)
     else:
-        serve(Connection(args.fd), args.slot, args.owner)
+        serve(Connection(args.fd), args.board, args.owner)
     os._exit(0)

@@ -196,3 +196,61 @@ def test_kind_for_every_encoding_type():
     assert [kind_for_encoding(e) for e in ("numeric", "integer", "logical", "character",
                                            "vector", "matrix", "data.frame")] == \
         ["float", "int", "bool", "str", "json", "json", "frame"]
+
+
+# -- buffers stored without their bytes (const / range forms) ---------------------------
+
+
+def _buffers_through_file(arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    data = encode_part({"x": ("float", {}, arrays)}, 0)
+    part = Part(bytes(data))
+    return part._header["columns"]["x"]["buffers"], part.column("x")[2]
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-310, 2.5])
+def test_constant_float_buffers_keep_every_bit(value: float) -> None:
+    arr = np.full(1000, value)
+    entry, back = _buffers_through_file({"values": arr})
+    assert entry["values"][1] == "const"
+    assert back["values"].tobytes() == arr.tobytes()
+
+
+def test_buffers_that_only_look_equal_keep_their_bytes() -> None:
+    arr = np.array([0.0, -0.0, 0.0])  # equal as floats, not as bits
+    entry, back = _buffers_through_file({"values": arr})
+    assert isinstance(entry["values"][1], int)
+    assert back["values"].tobytes() == arr.tobytes()
+
+
+def test_row_numbers_are_stored_as_a_range_and_read_back_exactly() -> None:
+    cases = {
+        "up": np.arange(5, 5 + 70_000, dtype=np.int64),
+        "down": np.arange(10, -50, -3, dtype=np.int64),
+        "edge": np.array([2**63 - 3, 2**63 - 2, 2**63 - 1], np.int64),
+        "broken": np.array([1, 2, 3, 5], np.int64),
+        "mask": np.zeros(70_000, np.bool_),
+        "offsets": np.zeros(70_001, np.int64),
+        "one": np.array([7], np.int64),
+    }
+    entry, back = _buffers_through_file(cases)
+    assert [entry[k][1] for k in ("up", "down", "edge", "mask", "offsets")] == [
+        "range", "range", "range", "const", "const"]
+    assert isinstance(entry["broken"][1], int) and isinstance(entry["one"][1], int)
+    for key, arr in cases.items():
+        assert back[key].dtype == arr.dtype and np.array_equal(back[key], arr), key
+        assert not back[key].flags.writeable
+
+
+def test_a_part_of_plain_results_is_mostly_its_values() -> None:
+    n = 10_000
+    columns = {
+        "attempts": encode_column("int", np.ones(n, np.int64)),
+        "error": encode_column("str", [None] * n),
+        "console": encode_column("str", [None] * n),
+        "y": encode_column("float", np.random.default_rng(0).random(n)),
+    }
+    data = encode_part(columns, n)
+    assert len(data) < 8 * n + 4096  # the y values, plus a header
+    part = Part(bytes(data))
+    assert decode_all(part.column("error")) == [None] * n
+    assert decode_all(part.column("attempts")) == [1] * n
