@@ -18,9 +18,10 @@ Part file layout (``.lbp``)::
 The header lists each column's kind, metadata and buffers (dtype, offset,
 length). A buffer whose elements are all equal (no missing value, every row on
 its first attempt, one worker, a column of empty strings) is stored as
-``[dtype, "const", length, value]`` instead, and an integer buffer counting by a
-fixed step (row numbers) as ``[dtype, "range", length, start, step]``: a fast
-batch's part is then about its outputs and times, not its masks. A part is written to a temporary name and
+``[dtype, "const", length, bits]`` instead (the element's bytes as an unsigned
+integer), and an int64 buffer counting by a fixed step (row numbers) as
+``[dtype, "range", length, start, step]``: a fast batch's part is then about its
+outputs and times, not its masks. A part is written to a temporary name and
 published by the caller.
 """
 

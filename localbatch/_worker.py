@@ -858,10 +858,9 @@ def _zygote(conn: Any, owner: int) -> None:
     Replies are framed ``b"F" + pid`` (forked) and ``b"X" + pid + exit code`` (a
     child ended), so the owner learns exit statuses it cannot wait for itself.
     """
+    import gc
     import select
     import socket
-
-    import gc
 
     import numpy  # noqa: F401 - imported once here so forked workers start warm
     import pandas  # noqa: F401
