@@ -20,7 +20,7 @@ from ._columns import Column, concat_columns, encode_column, kind_for_encoding
 from ._errors import StoreError
 from ._store import ExecutionStore
 
-__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso"]
+__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso", "per_row"]
 
 #: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
 PART_ROWS = 1000
@@ -29,6 +29,17 @@ PART_SECONDS = 2.0
 #: final state always carries the exact counts (a fast batch publishes hundreds of
 #: parts a second, and rewriting the header after each one cost as much as the part).
 HEADER_SECONDS = 0.2
+
+
+def per_row(payload: dict[str, Any], key: str) -> list[Any]:
+    """A chunk result's ``errors`` or ``console`` as a list (None there: none for any row)."""
+    values = payload[key]
+    return [None] * len(payload["index"]) if values is None else values
+
+
+def failed_rows(payload: dict[str, Any]) -> int:
+    errors = payload["errors"]
+    return 0 if errors is None else len(errors) - errors.count(None)  # a C loop
 
 
 def now_iso() -> str:
@@ -97,8 +108,10 @@ class Committer:
 
     def add(self, payload: dict[str, Any], attempts: dict[int, int]) -> None:
         """Buffer a chunk result from a worker (see ``Runtime.run_rows``)."""
-        payload["attempts"] = ([attempts.get(i, 0) + 1 for i in payload["index"]] if attempts
-                               else [1] * len(payload["index"]))
+        index = payload["index"]
+        payload["attempts"] = (
+            np.fromiter((attempts.get(int(i), 0) + 1 for i in index), np.int64, len(index))
+            if attempts else np.ones(len(index), np.int64))
         self._push(payload)
 
     def add_failure(self, index: int, error_type: str, message: str, attempts: int,
@@ -173,24 +186,25 @@ class Committer:
         index = _concat(batch, "index", np.int64)
         n = len(index)
         pids = np.concatenate([np.full(len(p["index"]), p["pid"], np.int64) for p in batch])
-        errors = _flat(batch, "errors")
-        if errors.count(None) == n:
+        if all(p["errors"] is None for p in batch):
             # The common case: no row failed; the three error columns are all missing.
-            etype = emsg = etb = errors
+            etype = emsg = etb = [None] * n
         else:
+            errors = _flat(batch, "errors")
             etype, emsg, etb = ([e and e[k] for e in errors] for k in range(3))
         history = (_flat(batch, "history") if any("history" in p for p in batch)
                    else [None] * n)
         columns: dict[str, Column] = {
             "index": ("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
-            "attempts": encode_column("int", np.asarray(_flat(batch, "attempts"), np.int64)),
+            "attempts": encode_column("int", _concat(batch, "attempts", np.int64)),
             "worker_pid": ("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
             "started": encode_column("float", _concat(batch, "started", np.float64)),
             "ended": encode_column("float", _concat(batch, "ended", np.float64)),
             "error_type": encode_column("str", etype),
             "error_message": encode_column("str", emsg),
             "traceback": encode_column("str", etb),
-            "console": encode_column("str", _flat(batch, "console")),
+            "console": encode_column("str", [None] * n if all(p["console"] is None for p in batch)
+                                     else _flat(batch, "console")),
             "history": encode_column("str", history),
         }
         for name, _ in self._kinds:
@@ -205,7 +219,8 @@ def _concat(batch: list[dict[str, Any]], key: str, dtype: Any) -> np.ndarray:
 
 def _flat(batch: list[dict[str, Any]], key: str) -> list[Any]:
     """One list of a per-row field across the buffered chunk results."""
-    return list(itertools.chain.from_iterable(p[key] for p in batch))
+    return list(itertools.chain.from_iterable(
+        per_row(p, key) if key in ("errors", "console") else p[key] for p in batch))
 
 
 def history_entry(previous: list[Any] | None, error: str, version: str) -> str:

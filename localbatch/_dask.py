@@ -344,7 +344,7 @@ class _DaskRun(SupervisorBase):
             busy = max(payload["ended"]) - min(payload["started"])
             per_row = max(busy, 0.0) / n
             self._note_row_seconds(per_row)
-        self._count_failures(payload["errors"])
+        self._count_failures(payload)
         self.committer.add(payload, self._attempts)
 
     def _on_death(self, chunk: Chunk, report: dict[str, Any]) -> None:
@@ -380,7 +380,7 @@ class _DaskRun(SupervisorBase):
             for p in reversed(range(len(chunk.indices))):
                 self._queue.appendleft(self._new_chunk(*chunk.split([p])))
             return
-        row = chunk.indices[0]
+        row = int(chunk.indices[0])
         attempts = self._attempts.get(row, 0) + 1
         self._attempts[row] = attempts
         if attempts < self.options.max_attempts:

@@ -32,16 +32,16 @@ class Chunk:
     """A dispatch chunk: rows (by index) and their input columns (lists or arrays)."""
 
     id: int
-    indices: list[int]
+    indices: np.ndarray  # int64 row numbers
     columns: dict[str, Any]
     #: When it was handed to a worker (for the adaptive chunk size).
     sent: float = 0.0
     #: Runs with nothing else of its batch beside it (a row suspected of killing workers).
     alone: bool = False
 
-    def split(self, positions: list[int]) -> tuple[list[int], dict[str, Any]]:
+    def split(self, positions: list[int]) -> tuple[np.ndarray, dict[str, Any]]:
         """The indices and columns of some of its rows, by position."""
-        return ([self.indices[p] for p in positions],
+        return (np.asarray(self.indices, np.int64)[positions],
                 {k: v[positions] if isinstance(v, np.ndarray) else [v[p] for p in positions]
                  for k, v in self.columns.items()})
 
@@ -127,7 +127,7 @@ class DoneHandle(RunHandle):
 
 
 def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[str, Any]],
-                 recorded: np.ndarray) -> Iterator[tuple[list[int], dict[str, list[Any]]]]:
+                 recorded: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """Rows without a record, one input part at a time (bounded memory)."""
     for part in store.iter_inputs(execution_id):
         rows = part.column("row")[2]["values"]
@@ -137,8 +137,9 @@ def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[st
         cols = {name: _input_values(part.column(f"in.{name}"), enc) for name, enc in inputs}
         if len(keep) < len(rows):
             sel = keep.tolist()
-            cols = {k: [v[p] for p in sel] for k, v in cols.items()}
-        yield rows[keep].tolist(), cols
+            cols = {k: v[keep] if isinstance(v, np.ndarray) else [v[p] for p in sel]
+                    for k, v in cols.items()}
+        yield rows[keep], cols
 
 
 def _input_values(column: Any, enc: EncodingType) -> Any:

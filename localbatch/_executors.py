@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._commit import now_iso
+from ._commit import failed_rows, now_iso
 from ._engine import DoneHandle, Engine, RunContext, RunHandle, input_chunks
 from ._errors import ConfigurationError, StoreError
 from ._logging import close_execution_logger
@@ -106,7 +106,7 @@ class InlineEngine(Engine):
                 payload = runtime.run_rows(indices[start:stop],
                                            {k: v[start:stop] for k, v in columns.items()})
                 committer.add(payload, {})
-                failed += sum(e is not None for e in payload["errors"])
+                failed += failed_rows(payload)
                 limit = ctx.options.error_threshold
                 if limit is not None and failed > limit:
                     committer.commit()

@@ -159,7 +159,7 @@ class Supervisor(SupervisorBase):
             per_row = spent / max(1, len(chunk.indices))
             self._note_row_seconds(per_row)
         self._unblamed_deaths = 0
-        self._count_failures(payload["errors"])
+        self._count_failures(payload)
         self.committer.add(payload, self._attempts)
 
     def _check_init_timeout(self) -> None:

@@ -121,13 +121,14 @@ class Service:
         return {name: cast_value(enc, values[name], name) for name, enc in self._record.inputs}
 
     def _consume(self, values: dict[str, Any]) -> ServiceResponse:
+        from ._commit import per_row
         from ._executors import get_engine
         from ._jobs import consume
 
         payload = consume(self._record, self._cast_inputs(values),
                           start_method=self._client.start_method,
                           engine=get_engine(self._client.engine))
-        error = payload["errors"][0]
+        error = per_row(payload, "errors")[0]
         if error is not None and error[0] == "ServiceLoadError":
             # The store, not the user's code, is at fault: say so loudly, not as data.
             message = error[1].removeprefix("init failed: ")
@@ -349,8 +350,9 @@ class ServiceResponse:
                      ) -> ServiceResponse:
         """A response from a worker's row payload (the first row of it)."""
         from ._columns import decode_one
+        from ._commit import per_row
 
-        error = payload["errors"][0]
+        error = per_row(payload, "errors")[0]
         outputs = {}
         if payload.get("outputs") is not None and error is None:
             outputs = {n: EncodingType.cast_to_python(e, decode_one(payload["outputs"][n], 0))
@@ -361,7 +363,7 @@ class ServiceResponse:
                                                       else error[0]),
             "errorType": None if error is None else error[0],
             "traceback": None if error is None else error[2],
-            "consoleOutput": payload["console"][0] or "",
+            "consoleOutput": per_row(payload, "console")[0] or "",
             "outputParameters": {k: _raw(v) for k, v in outputs.items()},
             "_outputs": outputs,
             "outputFiles": {name: (base64.b64encode(files[name]).decode("ascii")

@@ -22,7 +22,9 @@ from abc import abstractmethod
 from collections import deque
 from typing import Any, ClassVar, Protocol
 
-from ._commit import Committer, now_iso
+import numpy as np
+
+from ._commit import Committer, failed_rows, now_iso
 from ._engine import Chunk, RunContext, RunHandle, input_chunks
 from ._errors import StoreError
 from ._logging import close_execution_logger
@@ -86,7 +88,7 @@ class SupervisorBase(RunHandle):
         self._queue: deque[Chunk] = deque()
         self._source: Any = input_chunks(ctx.store, self.id, ctx.record.inputs,
                                          ctx.committer.recorded)
-        self._source_rows: tuple[list[int], dict[str, Any]] | None = None
+        self._source_rows: tuple[np.ndarray, dict[str, Any]] | None = None
         self._source_pos = 0
         self._next_chunk_id = 0
         self._attempts: dict[int, int] = {}
@@ -167,7 +169,7 @@ class SupervisorBase(RunHandle):
         cap = self.max_vector_chunk if vectorized else self.max_chunk
         return max(1, min(cap, size, fair))
 
-    def _new_chunk(self, indices: list[int], columns: dict[str, Any]) -> Chunk:
+    def _new_chunk(self, indices: np.ndarray, columns: dict[str, Any]) -> Chunk:
         self._next_chunk_id += 1
         return Chunk(self._next_chunk_id, indices, columns)
 
@@ -203,7 +205,8 @@ class SupervisorBase(RunHandle):
             self._failed_seen += 1
         else:
             # A row that killed its worker runs alone from now on.
-            self._queue.appendleft(self._new_chunk(*chunk.split([chunk.indices.index(row)])))
+            position = int(np.flatnonzero(np.asarray(chunk.indices) == row)[0])
+            self._queue.appendleft(self._new_chunk(*chunk.split([position])))
 
     # the end states ----------------------------------------------------------------
 
@@ -232,8 +235,8 @@ class SupervisorBase(RunHandle):
         if self.committer.header.get("state") == "Pending":
             self.committer.set_state("InProgress", started=now_iso())
 
-    def _count_failures(self, errors: list[object]) -> None:
-        self._failed_seen += len(errors) - errors.count(None)  # a C loop, not a Python one
+    def _count_failures(self, payload: dict[str, Any]) -> None:
+        self._failed_seen += failed_rows(payload)
 
     def _check_threshold(self) -> None:
         limit = self.options.error_threshold

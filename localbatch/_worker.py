@@ -329,7 +329,13 @@ class Runtime:
     def run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
                  board: Board | None = None, cap_fd: int | None = None,
                  chunk_id: int = 0) -> dict[str, Any]:
-        """Score rows; every user failure becomes that row's error, never an exception."""
+        """Score rows; every user failure becomes that row's error, never an exception.
+
+        The payload: ``index``, ``started``, ``ended`` (arrays), ``errors`` and
+        ``console`` (a list per row, or None when no row failed / printed: read them
+        with ``_commit.per_row``), ``outputs`` (encoded columns), ``artifacts``
+        (``{row: {name: bytes}}``) and the worker's ``pid``.
+        """
         board = board or self._own_board()
         board.begin(chunk_id, len(indices))
         try:
@@ -389,9 +395,12 @@ class Runtime:
             error_list[k] = error
         outputs = self._encode_outputs(self._collect(rets, error_list), error_list)
         started, ended = board.times(n, finished)
-        # Numeric fields go back as arrays: cheap to pickle, no per-row work for the owner.
+        consoles = self._consoles(n, fd_text, console)
+        # Numeric fields go back as arrays and all-missing ones as None (see
+        # payload_errors): cheap to pickle, no per-row work for the owner.
         return {"index": np.asarray(indices, np.int64), "started": started, "ended": ended,
-                "errors": error_list, "console": self._consoles(n, fd_text, console),
+                "errors": None if error_list.count(None) == n else error_list,
+                "console": consoles,
                 "outputs": outputs, "artifacts": artifacts, "pid": os.getpid()}
 
     def failed_chunk(self, indices: Sequence[int], exc: BaseException) -> dict[str, Any]:
@@ -402,7 +411,7 @@ class Runtime:
                  "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         outputs = {name: encode_column(kind_for_encoding(enc.value), [None] * n)
                    for name, enc in self.outputs}
-        return {"index": list(indices), "started": [now] * n, "ended": [now] * n,
+        return {"index": np.asarray(indices, np.int64), "started": [now] * n, "ended": [now] * n,
                 "errors": [error] * n, "console": [None] * n, "outputs": outputs,
                 "artifacts": {}, "pid": os.getpid()}
 
@@ -427,7 +436,7 @@ class Runtime:
             started[k] = time.time()
             try:
                 if self.artifacts:
-                    rets[k] = self._with_workdir(call, args, artifacts, indices[k])
+                    rets[k] = self._with_workdir(call, args, artifacts, int(indices[k]))
                 else:
                     rets[k] = call(args)
             except BaseException as exc:  # noqa: B036 - user code: SystemExit too
@@ -441,11 +450,11 @@ class Runtime:
         return cap_pos
 
     def _consoles(self, n: int, fd_text: dict[int, str], console: _RowConsole
-                  ) -> list[str | None]:
-        """Each row's console text: fd-level output first, then sys.stdout/stderr."""
-        consoles: list[str | None] = [None] * n
+                  ) -> list[str | None] | None:
+        """Each row's console text (fd-level output first), None when nothing was printed."""
         if not fd_text and not console.pieces:
-            return consoles  # nothing was printed (the common case)
+            return None  # the common case
+        consoles: list[str | None] = [None] * n
         cap = self.limits["console_bytes"]
         printed = console.by_row(n)
         for k in sorted(set(fd_text) | set(printed)):
