@@ -610,6 +610,23 @@ class Part:
     def __contains__(self, name: str) -> bool:
         return name in self._header["columns"]
 
+    def stored_const(self, name: str, key: str) -> Any:
+        """The value every element of a buffer stored without bytes has, else None."""
+        dtype, form, count, *args = self._header["columns"][name]["buffers"][key]
+        if form != "const":
+            return None
+        return _materialize(np.dtype(dtype), form, 1, args)[0].item()
+
+    def stored_range(self, name: str, key: str) -> tuple[int, int, int] | None:
+        """(start, step, length) of a buffer stored as a range, else None."""
+        entry = self._header["columns"].get(name)
+        if entry is None or key not in entry["buffers"]:
+            return None
+        _, form, count, *args = entry["buffers"][key]
+        if form != "range" or entry["buffers"].get("mask", [None, None])[1] != "const":
+            return None
+        return args[0], args[1], count
+
     def column(self, name: str) -> Column:
         col = self._cache.get(name)
         if col is None:

@@ -100,6 +100,22 @@ class ResultReader:
         np.cumsum([p.rows for p in parts], out=starts[1:])
         return rows, starts[rmap.part_of[rows]] + rmap.pos_of[rows]
 
+    def _index(self, rows: np.ndarray) -> Any:
+        """The input index labels of ``rows`` (a RangeIndex for a default input index)."""
+        import pandas as pd
+
+        spans = [p.stored_range("label", "values") for p in self.store.iter_inputs(self.id)]
+        first = spans[0] if spans and spans[0] else None
+        if first is not None and first[1] == 1 and all(
+                span is not None and span[1] == 1 and span[0] == first[0] + k
+                for span, k in zip(spans, np.cumsum([0, *(s[2] for s in spans[:-1])]),
+                                   strict=True)):
+            if len(rows) == self.total:
+                return pd.RangeIndex(first[0], first[0] + self.total, name="index")
+            return pd.Index(rows + first[0], name="index")
+        labels = self.labels()[rows] if len(rows) else np.zeros(0, object)
+        return _label_index(labels)
+
     def labels(self) -> np.ndarray:
         """The input index label of every row (an object array, tuples kept whole).
 
@@ -145,28 +161,33 @@ class ResultReader:
         import pandas as pd
 
         parts = self._parts()
-        rows, pos = self._latest(parts)
-        labels = self.labels()[rows] if len(rows) else np.zeros(0, object)
+        place = _Placement(parts, self.row_map)
+        rows = place.rows
         data: dict[str, Any] = {}
         longs: list[tuple[str, np.ndarray, Any]] = []
         for name, enc in self.outputs:
             cols = [p.column(f"out.{name}") for p in parts]
-            if enc is EncodingType.dataframe:
+            if cols and cols[0][0] in ("float", "int", "bool"):
+                data[name] = _scalar_values(place, cols)
+            elif enc is EncodingType.dataframe:
                 nrows, long = _frame_table(cols)
-                nrows = nrows[pos]
+                nrows = nrows[place.pos]
                 if (nrows > 1).any():
-                    longs.append((name, nrows, _take_long(long, _concat_counts(cols), pos)))
+                    longs.append((name, nrows,
+                                  _take_long(long, _concat_counts(cols), place.pos)))
                     continue
-                data.update(_one_row_columns(name, long, cols, pos, nrows))
+                data.update(_one_row_columns(name, long, cols, place.pos, nrows))
             else:
-                data[name] = _scalar_values(cols, pos, enc)
-        data["error"] = _error_column(parts, pos)
-        index = _label_index(labels)
+                data[name] = _other_values(cols, place.pos, enc)
+        data["error"] = _error_column(parts, place)
+        index = self._index(rows)
         # Object columns as Series of a stated dtype: pandas then skips inferring a
         # type from every one of a million values (most often all None).
+        # Every column is a fresh array made here: no copy into pandas' blocks.
         frame = pd.DataFrame({name: pd.Series(values, index=index, dtype=object, copy=False)
                               if isinstance(values, np.ndarray) and values.dtype == object
-                              else values for name, values in data.items()}, index=index)
+                              else values for name, values in data.items()}, index=index,
+                             copy=False)
         if longs:
             return _long_frame(frame, longs)
         return frame
@@ -203,15 +224,14 @@ def _label_index(labels: np.ndarray) -> Any:
     return pd.Index(values, name="index", dtype=object if not values else None)
 
 
-def _error_column(parts: list[Part], pos: np.ndarray) -> Any:
+def _error_column(parts: list[Part], place: _Placement) -> Any:
     """"Type: message" per row, None where the row succeeded."""
     if not parts:
         return []
-    missing = np.concatenate([p.column("error_type")[2]["mask"] for p in parts])[pos]
-    if missing.all():  # no row failed: skip decoding a million empty strings
-        return np.full(len(pos), None, dtype=object)
-    types = _concat_str(p.column("error_type") for p in parts)[pos].tolist()
-    messages = _concat_str(p.column("error_message") for p in parts)[pos].tolist()
+    if place.all_missing("error_type"):  # no row failed: decode nothing
+        return np.full(place.size, None, dtype=object)
+    types = _concat_str(p.column("error_type") for p in parts)[place.pos].tolist()
+    messages = _concat_str(p.column("error_message") for p in parts)[place.pos].tolist()
     return [None if t is None else (f"{t}: {m}" if m else t)
             for t, m in zip(types, messages, strict=True)]
 
@@ -223,20 +243,60 @@ def _concat_str(cols: Any) -> np.ndarray:
     return np.asarray(values, dtype=object)
 
 
-def _scalar_values(cols: list[Column], pos: np.ndarray, enc: EncodingType) -> Any:
-    kind = cols[0][0] if cols else "float"
-    if kind in ("float", "int", "bool") and cols:
-        values = np.concatenate([c[2]["values"] for c in cols])[pos]
-        mask = np.concatenate([c[2]["mask"] for c in cols])[pos]
-        if not mask.any():
-            return values
-        if kind == "float":
-            out = values.astype(np.float64)
-            out[mask] = np.nan
-            return out
-        obj = values.astype(object)
-        obj[mask] = None
-        return obj
+class _Placement:
+    """Where each stored record goes in a table of the recorded rows, in row order.
+
+    Parts are in commit order, so writing every part's values to their rows' places
+    in turn leaves each row's latest record there: no sort, no concatenation.
+    """
+
+    def __init__(self, parts: list[Part], row_map: RowMap) -> None:
+        self.parts = parts
+        self._map = row_map
+        recorded = row_map.part_of >= 0
+        self.rows = np.flatnonzero(recorded)
+        self.size = len(self.rows)
+        # A row's place is its rank among recorded rows (itself when all are).
+        self._rank = None if self.size == len(recorded) else np.cumsum(recorded) - 1
+        self._pos: np.ndarray | None = None
+
+    @property
+    def pos(self) -> np.ndarray:
+        """Each row's latest record as a position in the concatenated parts."""
+        if self._pos is None:
+            starts = np.zeros(len(self.parts) + 1, np.int64)
+            np.cumsum([p.rows for p in self.parts], out=starts[1:])
+            self._pos = starts[self._map.part_of[self.rows]] + self._map.pos_of[self.rows]
+        return self._pos
+
+    def scatter(self, arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
+        out = np.empty(self.size, dtype)
+        for part, values in zip(self.parts, arrays, strict=True):
+            index = part.column("index")[2]["values"]
+            out[index if self._rank is None else self._rank[index]] = values
+        return out
+
+    def all_missing(self, name: str) -> bool:
+        return all(p.stored_const(name, "mask") is True or p.column(name)[2]["mask"].all()
+                   for p in self.parts)
+
+
+def _scalar_values(place: _Placement, cols: list[Column]) -> Any:
+    kind = cols[0][0]
+    values = place.scatter([c[2]["values"] for c in cols], cols[0][2]["values"].dtype)
+    if all(not c[2]["mask"].any() for c in cols):
+        return values
+    mask = place.scatter([c[2]["mask"] for c in cols], np.bool_)
+    if kind == "float":
+        out = values.astype(np.float64)
+        out[mask] = np.nan
+        return out
+    obj = values.astype(object)
+    obj[mask] = None
+    return obj
+
+
+def _other_values(cols: list[Column], pos: np.ndarray, enc: EncodingType) -> Any:
     values = np.asarray([v for c in cols for v in decode_all(c)] + [None], dtype=object)[:-1]
     picked = values[pos]
     if enc in (EncodingType.vector, EncodingType.matrix):
