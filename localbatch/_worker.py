@@ -498,9 +498,11 @@ class Runtime:
             self._vector_span(series, 0, n, state, board.started)
         finally:
             sys.stdout, sys.stderr = real_out, real_err
-        outputs = self._encode_outputs(state.values, state.errors)
+        outputs = self._encode_outputs(state.columns(), state.errors)
         return {"index": np.asarray(indices, np.int64), "started": state.started,
-                "ended": state.ended, "errors": state.errors, "console": state.consoles,
+                "ended": state.ended,
+                "errors": None if state.errors.count(None) == n else state.errors,
+                "console": None if state.consoles.count(None) == n else state.consoles,
                 "outputs": outputs, "artifacts": {}, "pid": os.getpid()}
 
     def _vector_span(self, series: list[Any], lo: int, hi: int, state: _VectorState,
@@ -520,13 +522,19 @@ class Runtime:
             self._vector_span(series, mid, hi, state, started)
             return
         for name, values in per_row.items():
-            state.values[name][lo:hi] = values
+            state.put(name, lo, hi, values)
         state.note(lo, hi, t, mark)
 
-    def _split_vector(self, ret: Any, m: int) -> dict[str, list[Any]]:
-        out = {}
+    def _split_vector(self, ret: Any, m: int) -> dict[str, Any]:
+        """One value per row for each output: a typed array where numpy's dtype is
+        already the declared type (no Python object per row), else a list."""
+        out: dict[str, Any] = {}
+        encodings = dict(self.outputs)
         for name, value in self._to_outputs(ret).items():
-            if hasattr(value, "iloc") and hasattr(value, "columns"):
+            typed = _typed_array(encodings.get(name), value)
+            if typed is not None:
+                rows: Any = typed
+            elif hasattr(value, "iloc") and hasattr(value, "columns"):
                 rows = [value.iloc[i:i + 1].reset_index(drop=True) for i in range(len(value))]
             elif hasattr(value, "tolist"):
                 rows = value.tolist()
@@ -559,7 +567,7 @@ class Runtime:
         cap = self.limits["output_bytes"]
         for name, enc in self.outputs:
             column = values[name]
-            if _already_typed(enc, column):
+            if isinstance(column, np.ndarray) or _already_typed(enc, column):
                 continue
             for k, value in enumerate(column):
                 if value is None or errors[k] is not None:
@@ -591,21 +599,53 @@ def _already_typed(enc: EncodingType, column: list[Any]) -> bool:
     return True
 
 
+_DTYPE_KINDS = {EncodingType.numeric: ("f", np.float64), EncodingType.integer: ("iu", np.int64),
+                EncodingType.logical: ("b", np.bool_)}
+
+
+def _typed_array(enc: EncodingType | None, value: Any) -> np.ndarray | None:
+    """A vectorised output as an array of the declared scalar type, if that is lossless."""
+    want = _DTYPE_KINDS.get(enc) if enc is not None else None
+    dtype = getattr(value, "dtype", None)
+    if want is None or not isinstance(dtype, np.dtype) or dtype.kind not in want[0] \
+            or getattr(value, "ndim", 1) != 1:
+        return None
+    array = np.asarray(value)
+    if dtype.kind == "u" and len(array) and array.max() >= 2**63:
+        return None  # beyond int64: the per-value path reports it
+    return array.astype(want[1], copy=False)
+
+
 class _VectorState:
     """Per-chunk bookkeeping of a vectorised call and its bisections."""
 
     def __init__(self, n: int, outputs: list[str]) -> None:
-        self.values: dict[str, list[Any]] = {name: [None] * n for name in outputs}
+        self.n = n
+        #: Per output: an array when one call returned the whole chunk typed, else a list.
+        self.values: dict[str, Any] = {name: None for name in outputs}
         self.errors: list[tuple[str, str, str] | None] = [None] * n
-        self.started = [0.0] * n
-        self.ended = [0.0] * n
+        self.started = np.zeros(n)
+        self.ended = np.zeros(n)
         self.consoles: list[str | None] = [None] * n
         self.buf = io.StringIO()
 
+    def put(self, name: str, lo: int, hi: int, values: Any) -> None:
+        column = self.values[name]
+        if column is None and lo == 0 and hi == self.n and isinstance(values, np.ndarray):
+            self.values[name] = values
+            return
+        if column is None:
+            column = self.values[name] = [None] * self.n
+        column[lo:hi] = values.tolist() if isinstance(values, np.ndarray) else values
+
+    def columns(self) -> dict[str, Any]:
+        return {name: [None] * self.n if column is None else column
+                for name, column in self.values.items()}
+
     def note(self, lo: int, hi: int, started: float, mark: int) -> None:
         now = time.time()
-        self.started[lo:hi] = [started] * (hi - lo)
-        self.ended[lo:hi] = [now] * (hi - lo)
+        self.started[lo:hi] = started
+        self.ended[lo:hi] = now
         text = self.buf.getvalue()[mark:]
         if text:
             self.consoles[lo] = (self.consoles[lo] or "") + text
