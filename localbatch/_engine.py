@@ -111,6 +111,11 @@ class Engine(ABC):
     #: Whether rows are isolated from the caller (a crash is charged to the row).
     isolates_rows: ClassVar[bool] = True
 
+    def prepare(self, record: ServiceRecord, options: BatchOptions, rows: int | None) -> None:
+        """Start what a batch of ``rows`` rows (None: not known yet) will need, while
+        its inputs are being spooled; nothing by default."""
+        return None
+
     @abstractmethod
     def run(self, ctx: RunContext) -> RunHandle: ...
 

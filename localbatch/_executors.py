@@ -15,11 +15,12 @@ import threading
 from typing import Any
 
 from ._commit import failed_rows, now_iso
-from ._engine import DoneHandle, Engine, RunContext, RunHandle, input_chunks
+from ._engine import BatchOptions, DoneHandle, Engine, RunContext, RunHandle, input_chunks
 from ._errors import ConfigurationError, StoreError
 from ._logging import close_execution_logger
+from ._pool import WORKER_POOL
 from ._registry import Registry, ServiceRecord
-from ._runner import Supervisor
+from ._runner import Supervisor, pool_key
 from ._worker import Runtime
 
 __all__ = [
@@ -36,6 +37,12 @@ class LocalEngine(Engine):
     """Supervised worker processes (see ``_runner``)."""
 
     name = "local"
+
+    def prepare(self, record: ServiceRecord, options: BatchOptions, rows: int | None) -> None:
+        # Worker start-up (an interpreter, numpy, the service) overlaps the spooling.
+        want = options.parallel_count if rows is None else min(options.parallel_count, rows)
+        WORKER_POOL.prestart(pool_key(record, options), want, options.start_method,
+                             options.limits)
 
     def run(self, ctx: RunContext) -> RunHandle:
         sup = Supervisor(ctx)

@@ -52,6 +52,7 @@ def submit(store: ExecutionStore, record: ServiceRecord, source: InputTable | Cs
     """Spool the inputs, publish the execution and start it; returns its id."""
     execution_id = store.new_id()
     staging = store.staging(execution_id)
+    engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
     try:
         if isinstance(source, CsvSource):
             total = spool_csv(source, staging / "inputs")

@@ -183,6 +183,8 @@ class WorkerProcess:
     ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
     idle_since: float = 0.0
+    #: Batches or calls it has been leased to (0: started ahead of its first batch).
+    leases: int = 0
     exitcode: int | None = None
     dead: bool = False
     _board_path: str = ""
@@ -331,6 +333,19 @@ class WorkerPool:
             else:
                 w.kill()
         return alive
+
+    def prestart(self, key: tuple[Any, ...], n: int, start_method: str,
+                 limits: dict[str, int]) -> None:
+        """Start workers so that ``n`` are idle or starting for ``key`` (kept like idle ones)."""
+        missing = n - self.idle_count(key)
+        if missing <= 0 or self._closed:
+            return
+        workers = []
+        for _ in range(missing):
+            w = WorkerProcess(key, start_method)
+            w.start({"path": key[0]}, limits or None)
+            workers.append(w)
+        self.give_back(workers)
 
     def give_back(self, workers: list[WorkerProcess]) -> None:
         now = time.monotonic()

@@ -23,17 +23,23 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
-from ._engine import Chunk, RunContext
+from ._engine import BatchOptions, Chunk, RunContext
 from ._pool import WORKER_POOL, WorkerProcess, describe_exit
+from ._registry import ServiceRecord
 from ._supervise import BatchAborted, SupervisorBase
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "pool_key"]
 
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
 # Deaths outside any row (while starting, between rows) with no progress in between,
 # per worker slot and attempt, before the batch is Failed: an init that crashes
 # its process fails fast, random outside kills (the OOM killer) do not.
 UNBLAMED_DEATHS = 3
+
+
+def pool_key(record: ServiceRecord, options: BatchOptions) -> tuple[Any, ...]:
+    """Which warm workers a batch can use: same revision, start method and caps."""
+    return (str(record.path), options.start_method, tuple(sorted(options.limits.items())))
 
 
 class Supervisor(SupervisorBase):
@@ -100,24 +106,25 @@ class Supervisor(SupervisorBase):
 
     # workers ---------------------------------------------------------------------------
 
-    @property
-    def _key(self) -> tuple[Any, ...]:
-        return (str(self.record.path), self.options.start_method,
-                tuple(sorted(self.options.limits.items())))
-
     def _lease_workers(self) -> None:
         want = min(self.options.parallel_count, max(1, len(self.committer.pending_indices())))
-        self._workers = WORKER_POOL.take_idle(self._key, want)
+        self._workers = WORKER_POOL.take_idle(pool_key(self.record, self.options), want)
         for w in self._workers:
             self._inflight[w.pid] = []
+            w.leases += 1
+            if w.leases == 1:  # started for this batch while its inputs were spooled
+                self.log.info("worker %d started (%s)", w.pid, self.options.start_method)
+            else:
+                self.log.info("worker %d taken from the warm pool", w.pid)
         if self._workers:
             self._mark_in_progress()
         for _ in range(want - len(self._workers)):
             self._spawn()
 
     def _spawn(self) -> None:
-        w = WorkerProcess(self._key, self.options.start_method)
+        w = WorkerProcess(pool_key(self.record, self.options), self.options.start_method)
         w.start({"path": str(self.record.path)}, self.options.limits or None)
+        w.leases = 1
         self._workers.append(w)
         self._inflight[w.pid] = []
         self.log.info("worker %d started (%s)", w.pid, self.options.start_method)

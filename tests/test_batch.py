@@ -567,3 +567,24 @@ def test_execution_ids_are_safe_names(add_svc):
     batch.wait(30)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", batch.execution_id)
     assert os.sep not in batch.execution_id
+
+
+def test_the_workers_a_batch_needs_start_before_its_inputs_are_spooled(add_svc, store):
+    from localbatch._engine import BatchOptions
+    from localbatch._executors import LocalEngine
+    from localbatch._pool import WORKER_POOL
+    from localbatch._runner import pool_key
+
+    options = BatchOptions(parallel_count=3)
+    key = pool_key(add_svc._record, options)
+    LocalEngine().prepare(add_svc._record, options, rows=2)  # two rows: two workers
+    assert WORKER_POOL.idle_count(key) == 2
+    LocalEngine().prepare(add_svc._record, options, rows=None)  # a CSV: parallel_count
+    assert WORKER_POOL.idle_count(key) == 3
+    early = {w.pid for w in WORKER_POOL._idle[key]}
+
+    batch = add_svc.batch({"a": [1.0, 2.0, 3.0], "b": [1.0] * 3}, parallel_count=3).start()
+    assert batch.wait(30).state == "Complete"
+    log = (store / "executions" / batch.execution_id / "execution.log").read_text()
+    # The batch ran on the workers started ahead of it, and started no other.
+    assert {int(p) for p in re.findall(r"worker (\d+) started", log)} == early
