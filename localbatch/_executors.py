@@ -39,10 +39,12 @@ class LocalEngine(Engine):
     name = "local"
 
     def prepare(self, record: ServiceRecord, options: BatchOptions, rows: int | None) -> None:
-        # Worker start-up (an interpreter, numpy, the service) overlaps the spooling.
-        want = options.parallel_count if rows is None else min(options.parallel_count, rows)
-        WORKER_POOL.prestart(pool_key(record, options), want, options.start_method,
-                             options.limits)
+        # Worker start-up (an interpreter, numpy, the service) overlaps the spooling. A
+        # CSV's size is not known yet: starting parallel_count workers for three rows
+        # would cost more than it saves.
+        if rows is not None:
+            WORKER_POOL.prestart(pool_key(record, options), min(options.parallel_count, rows),
+                                 options.start_method, options.limits)
 
     def run(self, ctx: RunContext) -> RunHandle:
         sup = Supervisor(ctx)

@@ -577,9 +577,11 @@ def test_the_workers_a_batch_needs_start_before_its_inputs_are_spooled(add_svc, 
 
     options = BatchOptions(parallel_count=3)
     key = pool_key(add_svc._record, options)
+    LocalEngine().prepare(add_svc._record, options, rows=None)  # a CSV: size unknown
+    assert WORKER_POOL.idle_count(key) == 0
     LocalEngine().prepare(add_svc._record, options, rows=2)  # two rows: two workers
     assert WORKER_POOL.idle_count(key) == 2
-    LocalEngine().prepare(add_svc._record, options, rows=None)  # a CSV: parallel_count
+    LocalEngine().prepare(add_svc._record, options, rows=1000)  # parallel_count at most
     assert WORKER_POOL.idle_count(key) == 3
     early = {w.pid for w in WORKER_POOL._idle[key]}
 
