@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs per engine (default: 3, or 5 for short runs)")
     parser.add_argument("--memory-rows", type=int, default=None, help="rows of the CSV")
     parser.add_argument("--trivial-rows", type=int, nargs="*", default=None)
+    parser.add_argument("--ols-rows", type=int, nargs="*", default=None)
     parser.add_argument("--vector-chunk", type=int, default=None,
                         help="rows per call for the alternatives in `vector` (default 10000)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         sizes["memory"] = args.memory_rows
     if args.trivial_rows:
         sizes["trivial"] = args.trivial_rows
+    if args.ols_rows:
+        sizes["ols_row"] = args.ols_rows
     if args.vector_chunk:
         os.environ["LOCALBATCH_BENCH_VECTOR_CHUNK"] = str(args.vector_chunk)
     out = Report()
