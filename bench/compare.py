@@ -40,13 +40,14 @@ import _harness  # first: pins BLAS threads before anything imports numpy
 LB = [("localbatch", "spawn"), ("localbatch", "forkserver")]
 ALTS = [(kind, method) for method in ("fork", "spawn")
         for kind in ("pool", "futures", "joblib", "dask")]
-SECTIONS = ("trivial", "ols_row", "sleep_io", "vector", "small", "memory", "framepoll")
+SECTIONS = ("trivial", "ols_row", "sleep_io", "vector", "small", "memory", "framepoll",
+            "scale")
 
 FULL = {"trivial": [100_000, 1_000_000], "ols_row": [10_000], "sleep_io": [2_000],
         "vector": [1_000_000], "memory": 5_000_000, "framepoll": 1_000_000, "batches": 30,
-        "calls": 100}
+        "calls": 100, "scale": 2_000}
 QUICK = {"trivial": [20_000], "ols_row": [100], "sleep_io": [200], "vector": [50_000],
-         "memory": 200_000, "framepoll": 50_000, "batches": 10, "calls": 30}
+         "memory": 200_000, "framepoll": 50_000, "batches": 10, "calls": 30, "scale": 100}
 
 
 class Report:
@@ -244,6 +245,40 @@ def _lb_vector_cap() -> str:
     return f"adaptive, at most {cap:,} rows" if cap else "adaptive"
 
 
+def scale_section(sizes: dict[str, Any], rounds: int | None, out: Report) -> None:
+    """ols_row on every core against one worker and against Pool(cores), in one run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows = sizes["scale"]
+    n = max(1, cores or 1)
+    out(f"### Scale: ols_row, {rows:,} rows, warm, on {n} cores")
+    out()
+    one = _harness.run_warm("ols_row", rows, [("localbatch", "spawn")], rounds, workers=1,
+                            log=out.log)
+    many = _harness.run_warm("ols_row", rows, [("localbatch", "spawn"), ("pool", "spawn"),
+                                               ("pool", "fork")], rounds, workers=n,
+                             log=out.log)
+    lb1 = _harness.rate(rows, one.get("localbatch:spawn", {}))
+    lbn = _harness.rate(rows, many.get("localbatch:spawn", {}))
+    out("| engine | workers | rows/s |")
+    out("|---|---:|---:|")
+    out(f"| localbatch [spawn] | 1 | {lb1 or 0:,.0f} |")
+    for key, label in (("localbatch:spawn", "localbatch [spawn]"), ("pool:spawn",
+                       "Pool.map [spawn]"), ("pool:fork", "Pool.map [fork]")):
+        out(f"| {label} | {n} | {_harness.rate(rows, many.get(key, {})) or 0:,.0f} |")
+    out()
+    for alt in ("pool:spawn", "pool:fork"):
+        rate = _harness.rate(rows, many.get(alt, {}))
+        if lbn and rate:
+            goal = "target ≥ 0.9× on 16 cores" + ("" if n >= 16 else f"; {n} cores here")
+            out(f"- parallel_count={n} ÷ Pool({n}) [{alt.split(':')[1]}]: {lbn / rate:.2f}× "
+                f"({goal})")
+    if lb1 and lbn:
+        goal = "target ≥ 12× at 16" if n >= 16 else f"at most {n}× on {n} cores; target ≥ 12× " \
+            "at 16 needs a 16-core machine"
+        out(f"- parallel_count={n} ÷ parallel_count=1: {lbn / lb1:.2f}× ({goal})")
+    out()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke)")
@@ -302,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         memory_section(sizes, out)
     if "framepoll" in args.only:
         framepoll_section(sizes, out)
+    if "scale" in args.only:
+        scale_section(sizes, args.rounds, out)
     out(f"{_harness.machine().splitlines()[-1]}; total {time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.write_text("\n".join(out.parts) + "\n")

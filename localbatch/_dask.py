@@ -368,7 +368,7 @@ class _DaskRun(SupervisorBase):
     def _on_killed_worker(self, chunk: Chunk, exc: Exception) -> None:
         """A chunk whose Dask workers kept dying (the scheduler's ``allowed-failures``).
 
-        Which row did it is unknown (the worker took the row's slot with it, and
+        Which row did it is unknown (the worker took the row's board with it, and
         other tasks shared that worker), so the chunk is split into single rows
         without charging anyone. A single row is charged one attempt per
         ``KilledWorker`` and from then on runs alone (nothing else of this batch in
