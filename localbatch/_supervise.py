@@ -65,9 +65,10 @@ class SupervisorBase(RunHandle):
     then the input spool, in chunks sized to about ``target_chunk_seconds`` of work.
     """
 
-    #: Work per chunk the adaptive size aims for (a local chunk costs microseconds of
-    #: overhead, a Dask task milliseconds).
-    target_chunk_seconds: ClassVar[float] = 0.05
+    #: Work per chunk the adaptive size aims for. Each chunk has a fixed cost (messages,
+    #: encoding its outputs: ~1 ms for a chunk of one-row DataFrames), so slow rows come
+    #: in chunks of a few hundred milliseconds; cheap rows hit ``max_chunk`` first.
+    target_chunk_seconds: ClassVar[float] = 0.2
     max_chunk: ClassVar[int] = 10_000
     #: Vectorised services are called once per chunk: larger chunks amortise the call.
     max_vector_chunk: ClassVar[int] = 200_000
