@@ -104,17 +104,25 @@ class ResultReader:
         """The input index labels of ``rows`` (a RangeIndex for a default input index)."""
         import pandas as pd
 
-        spans = [p.stored_range("label", "values") for p in self.store.iter_inputs(self.id)]
-        first = spans[0] if spans and spans[0] else None
-        if first is not None and first[1] == 1 and all(
-                span is not None and span[1] == 1 and span[0] == first[0] + k
-                for span, k in zip(spans, np.cumsum([0, *(s[2] for s in spans[:-1])]),
-                                   strict=True)):
-            if len(rows) == self.total:
-                return pd.RangeIndex(first[0], first[0] + self.total, name="index")
-            return pd.Index(rows + first[0], name="index")
-        labels = self.labels()[rows] if len(rows) else np.zeros(0, object)
-        return _label_index(labels)
+        start = self._label_range_start()
+        if start is None:
+            labels = self.labels()[rows] if len(rows) else np.zeros(0, object)
+            return _label_index(labels)
+        if len(rows) == self.total:
+            return pd.RangeIndex(start, start + self.total, name="index")
+        return pd.Index(rows + start, name="index")
+
+    def _label_range_start(self) -> int | None:
+        """The first label when the labels count up by one across every input part."""
+        first: int | None = None
+        expect: int | None = None
+        for part in self.store.iter_inputs(self.id):
+            span = part.stored_range("label", "values")
+            if span is None or span[1] != 1 or (expect is not None and span[0] != expect):
+                return None
+            first = span[0] if first is None else first
+            expect = span[0] + span[2]
+        return first
 
     def labels(self) -> np.ndarray:
         """The input index label of every row (an object array, tuples kept whole).

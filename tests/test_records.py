@@ -267,3 +267,18 @@ def test_an_int_beyond_64_bits_is_a_schema_error_not_a_crash(client, store):
     with pytest.raises(SchemaError, match="64-bit"):
         svc.batch({"n": [1, 2**70], "x": [0.0, 0.0]}).start()
     _no_execution(client, store)
+
+
+def test_to_frame_keeps_an_index_that_counts_up_only_in_places(add_svc):
+    import numpy as np
+    import pandas as pd
+
+    # The first spool part's labels count up by one, the second's do not.
+    n = 70_000
+    labels = list(range(65_536)) + list(range(200_000 + n - 65_536, 200_000, -1))
+    df = pd.DataFrame({"a": np.arange(n, dtype=float), "b": 1.0}, index=labels)
+    frame = add_svc.batch(df, parallel_count=2).start().wait(60).to_frame()
+    assert frame.index.tolist() == labels
+    shifted = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": 0.0}, index=range(5, 8))
+    frame = add_svc.batch(shifted, parallel_count=1).start().wait(60).to_frame()
+    assert frame.index.tolist() == [5, 6, 7] and frame.index.name == "index"
