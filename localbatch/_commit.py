@@ -32,7 +32,8 @@ HEADER_SECONDS = 0.2
 
 
 def per_row(payload: dict[str, Any], key: str) -> list[Any]:
-    """A chunk result's ``errors`` or ``console`` as a list (None there: none for any row)."""
+    """A chunk result's per-row field as a list; None there stands for None on every row
+    (``errors`` when no row failed, ``console`` when none printed)."""
     values = payload[key]
     return [None] * len(payload["index"]) if values is None else values
 
@@ -219,8 +220,7 @@ def _concat(batch: list[dict[str, Any]], key: str, dtype: Any) -> np.ndarray:
 
 def _flat(batch: list[dict[str, Any]], key: str) -> list[Any]:
     """One list of a per-row field across the buffered chunk results."""
-    return list(itertools.chain.from_iterable(
-        per_row(p, key) if key in ("errors", "console") else p[key] for p in batch))
+    return list(itertools.chain.from_iterable(per_row(p, key) for p in batch))
 
 
 def history_entry(previous: list[Any] | None, error: str, version: str) -> str:
