@@ -159,7 +159,7 @@ class _RowConsole(io.TextIOBase):
             self.pieces.append((k, text))
         return len(text)
 
-    def by_row(self, n: int) -> dict[int, str]:
+    def by_row(self) -> dict[int, str]:
         rows: dict[int, list[str]] = {}
         for k, text in self.pieces:
             rows.setdefault(k, []).append(text)
@@ -456,7 +456,7 @@ class Runtime:
             return None  # the common case
         consoles: list[str | None] = [None] * n
         cap = self.limits["console_bytes"]
-        printed = console.by_row(n)
+        printed = console.by_row()
         for k in sorted(set(fd_text) | set(printed)):
             consoles[k] = _truncate(fd_text.get(k, "") + printed.get(k, ""), cap)
         return consoles
