@@ -254,8 +254,8 @@ class LocalbatchDask(Localbatch):
     def setup(self) -> None:
         import importlib.util
 
-        if importlib.util.find_spec("localbatch._dask") is None:
-            raise Unavailable("localbatch._dask does not exist yet")
+        if importlib.util.find_spec("localbatch._engines.dask") is None:
+            raise Unavailable("localbatch._engines.dask does not exist yet")
         super().setup()
 
     def open(self) -> None:

@@ -237,7 +237,7 @@ def _vector_chunk() -> int:
 def _lb_vector_cap() -> str:
     """localbatch's chunk cap for vectorised services, for the reader (not an API)."""
     try:
-        from localbatch import _runner
+        from localbatch._engines import local as _runner
 
         cap = getattr(_runner, "MAX_VECTOR_CHUNK", None) or getattr(_runner, "MAX_CHUNK", None)
     except ImportError:

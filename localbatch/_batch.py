@@ -13,21 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._engine import BatchOptions
+from ._engines.base import BatchOptions
+from ._engines.registry import get_engine
 from ._errors import (
     BatchNotStartedError,
     BatchTimeoutError,
     LocalBatchWarning,
     RowNotRecordedError,
 )
-from ._executors import get_engine
 from ._schema import EncodingType, InputTable, normalize_records
-from ._spool import CsvSource
-from ._store import check_artifact_name
+from ._store.executions import check_artifact_name
+from ._store.spool import CsvSource
 
 if TYPE_CHECKING:
-    from ._results import ResultReader
     from ._service import Service, ServiceResponse
+    from ._store.results import ResultReader
 
 __all__ = ["Batch", "BatchResponse"]
 
@@ -159,7 +159,7 @@ class Batch:
         return self._client._executions
 
     def _header(self) -> dict[str, Any]:
-        from ._jobs import effective_header
+        from ._engines.executions import effective_header
 
         return effective_header(self._store, self._id())
 
@@ -169,7 +169,7 @@ class Batch:
             return self
         if self._records is None:
             raise BatchNotStartedError("this Batch has no records to start")
-        from ._jobs import submit
+        from ._engines.executions import submit
 
         self._execution_id = submit(self._store, self._service._record, self._records,
                                     self._options, get_engine(self._engine))
@@ -187,7 +187,7 @@ class Batch:
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> BatchResponse:
         """Block until the batch ends (or its owner is found dead); the final response."""
-        from ._jobs import TERMINAL, wait_for
+        from ._engines.executions import TERMINAL, wait_for
 
         if progress:
             from ._views import wait_with_progress
@@ -202,7 +202,7 @@ class Batch:
 
     def cancel(self) -> Batch:
         """Cancel: finished rows stay readable; on return no row of it runs or will start."""
-        from ._jobs import cancel_execution
+        from ._engines.executions import cancel_execution
 
         cancel_execution(self._store, self._id())
         return self
@@ -213,7 +213,7 @@ class Batch:
         Runs with the options the batch was started with; keyword arguments
         (``parallel_count``, ``row_timeout``, ...) override them.
         """
-        from ._jobs import resume_execution
+        from ._engines.executions import resume_execution
 
         resume_execution(self._store, self._client._registry, self._id(), options,
                          get_engine(self._engine), force=force)
@@ -221,7 +221,7 @@ class Batch:
 
     def retry_failed(self, version: str | None = None, **options: Any) -> Batch:
         """Re-run only the failed rows (optionally on another version of the service)."""
-        from ._jobs import retry_failed
+        from ._engines.executions import retry_failed
 
         retry_failed(self._store, self._client._registry, self._id(), options,
                      get_engine(self._engine), version)
@@ -229,7 +229,7 @@ class Batch:
 
     def delete(self) -> None:
         """Remove a finished execution and its artifacts."""
-        from ._jobs import TERMINAL
+        from ._engines.executions import TERMINAL
 
         header = self._header()
         if header["state"] not in TERMINAL or (
@@ -244,8 +244,8 @@ class Batch:
 
     def _reader(self) -> ResultReader:
         """A snapshot of which rows are recorded (outputs are not decoded)."""
-        from ._jobs import effective_header
-        from ._results import ResultReader
+        from ._engines.executions import effective_header
+        from ._store.results import ResultReader
 
         return ResultReader(self._store, self._id(), effective_header(self._store, self._id()),
                             [], [])
@@ -374,7 +374,7 @@ class BatchResponse:
     @property
     def _rows(self) -> ResultReader:
         if self._reader is None:
-            from ._results import ResultReader
+            from ._store.results import ResultReader
 
             record = self._batch._service._record
             self._reader = ResultReader(self._batch._store, self.execution_id, self._header,

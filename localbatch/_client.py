@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ._definition import RealtimeDefinition, ServiceDefinition
+from ._engines.executions import effective_header
+from ._engines.registry import get_engine
 from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
-from ._executors import get_engine
-from ._fsutil import make_private_dir
-from ._jobs import effective_header
-from ._pool import START_METHODS, WORKER_POOL
-from ._registry import Registry, ServiceSpec
-from ._store import ExecutionStore
+from ._store.executions import ExecutionStore
+from ._store.fsutil import make_private_dir
+from ._store.registry import Registry, ServiceSpec
+from ._workers.pool import START_METHODS, WORKER_POOL
 
 __all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]
 
@@ -217,7 +217,7 @@ class MLServer(Operationalization):
 
         Inline services loaded in this process are forgotten too.
         """
-        from ._executors import clear_inline_runtimes
+        from ._engines.registry import clear_inline_runtimes
 
         WORKER_POOL.close()
         clear_inline_runtimes()

@@ -36,7 +36,7 @@ def _engine(request: pytest.FixtureRequest) -> Any:
 def _stop_store(store: Path) -> None:
     """Cancel the batches this process still runs on ``store``; stop warm workers."""
     from localbatch import DeployClient
-    from localbatch._pool import WORKER_POOL
+    from localbatch._workers.pool import WORKER_POOL
 
     try:
         if store.is_dir():

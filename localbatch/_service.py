@@ -15,7 +15,7 @@ from ._schema import EncodingType, cast_value
 if TYPE_CHECKING:
     from ._batch import Batch
     from ._client import MLServer
-    from ._registry import ServiceRecord
+    from ._store.registry import ServiceRecord
 
 __all__ = ["Service", "ServiceResponse", "class_name_for", "swagger_document"]
 
@@ -121,9 +121,9 @@ class Service:
         return {name: cast_value(enc, values[name], name) for name, enc in self._record.inputs}
 
     def _consume(self, values: dict[str, Any]) -> ServiceResponse:
-        from ._commit import per_row
-        from ._executors import get_engine
-        from ._jobs import consume
+        from ._engines.executions import consume
+        from ._engines.registry import get_engine
+        from ._store.commit import per_row
 
         payload = consume(self._record, self._cast_inputs(values),
                           start_method=self._client.start_method,
@@ -349,8 +349,8 @@ class ServiceResponse:
     def from_payload(cls, api: str, payload: dict[str, Any], record: ServiceRecord
                      ) -> ServiceResponse:
         """A response from a worker's row payload (the first row of it)."""
-        from ._columns import decode_one
-        from ._commit import per_row
+        from ._format.columns import decode_one
+        from ._store.commit import per_row
 
         error = per_row(payload, "errors")[0]
         outputs = {}

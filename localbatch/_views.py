@@ -41,8 +41,8 @@ def _rows_done(header: dict[str, Any]) -> int:
     The header's counters move once per committed part (~2 s); when this process owns
     the batch the bar can count the rows as they come back from the workers.
     """
-    from ._jobs import TERMINAL
-    from ._supervise import RUNNING
+    from ._engines.executions import TERMINAL
+    from ._engines.supervisor import RUNNING
 
     done = int(header.get("completed") or 0)
     supervisor = RUNNING.get(header["execution_id"])
@@ -62,7 +62,7 @@ def _show(bar: Any, header: dict[str, Any]) -> None:
     # The postfix first: update() redraws, and must not draw the new count beside
     # the old state.
     bar.set_postfix_str(postfix, refresh=False)
-    from ._jobs import TERMINAL
+    from ._engines.executions import TERMINAL
 
     done = _rows_done(header)
     if header["state"] not in TERMINAL:
@@ -76,7 +76,7 @@ def _show(bar: Any, header: dict[str, Any]) -> None:
 
 
 def _pause(execution_id: str, seconds: float) -> None:
-    from ._jobs import HANDLES
+    from ._engines.executions import HANDLES
 
     handle = HANDLES.get(execution_id)
     if handle is not None:
@@ -93,7 +93,7 @@ def wait_with_progress(batch: Batch, timeout: float | None, *, file: IO[str] | N
     rows so far. Returns the last header seen: terminal, or whatever it was when
     ``timeout`` ran out. ``disable=None`` hides the bar when ``file`` is not a tty.
     """
-    from ._jobs import TERMINAL, effective_header, wait_for
+    from ._engines.executions import TERMINAL, effective_header, wait_for
 
     store, eid = batch._store, batch._id()
     header = effective_header(store, eid)

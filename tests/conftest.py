@@ -63,8 +63,8 @@ def _describe(p: psutil.Process) -> str:
 def _reap_processes():
     """No test may leave a worker (or anything it started) running."""
     yield
-    from localbatch._pool import WORKER_POOL
-    from localbatch._supervise import RUNNING
+    from localbatch._engines.supervisor import RUNNING
+    from localbatch._workers.pool import WORKER_POOL
 
     # A batch can read Complete a moment before its supervisor hands workers back.
     deadline = time.monotonic() + 10

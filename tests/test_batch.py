@@ -570,10 +570,10 @@ def test_execution_ids_are_safe_names(add_svc):
 
 
 def test_the_workers_a_batch_needs_start_before_its_inputs_are_spooled(add_svc, store):
-    from localbatch._engine import BatchOptions
-    from localbatch._executors import LocalEngine
-    from localbatch._pool import WORKER_POOL
-    from localbatch._runner import pool_key
+    from localbatch._engines.base import BatchOptions
+    from localbatch._engines.local import pool_key
+    from localbatch._engines.registry import LocalEngine
+    from localbatch._workers.pool import WORKER_POOL
 
     options = BatchOptions(parallel_count=3)
     key = pool_key(add_svc._record, options)

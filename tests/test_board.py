@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from localbatch._dask import _DaskRun
-from localbatch._runner import Supervisor
-from localbatch._worker import BOARD_ROWS, Board, _RowConsole, running_row
+from localbatch._engines.dask import _DaskRun
+from localbatch._engines.local import Supervisor
+from localbatch._workers.runtime import BOARD_ROWS, Board, _RowConsole, running_row
 
 
 def test_the_last_row_started_is_the_running_row() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from localbatch._columns import (
+from localbatch._format.columns import (
     Part,
     concat_columns,
     decode_all,
@@ -158,7 +158,7 @@ def test_concat_frames_with_different_column_sets():
 
 
 def test_frame_table_is_the_long_table_of_all_values():
-    from localbatch._columns import frame_table
+    from localbatch._format.columns import frame_table
 
     values = [pd.DataFrame({"am_Pred": [0.5], "lbl": ["a"]}), None,
               pd.DataFrame({"am_Pred": [1, 2]}),  # the same name with another dtype

@@ -105,8 +105,8 @@ def _cluster_pids(dc) -> set[int]:
 def _reap_processes(dask_client):
     """conftest's check, tolerating exactly the cluster's processes (not what they start)."""
     yield
-    from localbatch._dask import close_worker_processes
-    from localbatch._pool import WORKER_POOL
+    from localbatch._engines.dask import close_worker_processes
+    from localbatch._workers.pool import WORKER_POOL
 
     WORKER_POOL.close()
     allowed = _cluster_pids(dask_client) | {_resource_tracker_pid() or -1}
@@ -134,8 +134,8 @@ def _recorded_indices(client, execution_id: str) -> np.ndarray:
 
 
 def _rows(client, execution_id: str):
-    from localbatch._jobs import effective_header
-    from localbatch._results import ResultReader
+    from localbatch._engines.executions import effective_header
+    from localbatch._store.results import ResultReader
 
     store = client._executions
     header = effective_header(store, execution_id)

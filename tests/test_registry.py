@@ -16,7 +16,7 @@ from localbatch import (
     ServiceLoadError,
     ServiceNotFoundError,
 )
-from localbatch._registry import Registry
+from localbatch._store.registry import Registry
 
 SDK_META_KEYS = {"name", "version", "code", "initCode", "inputParameterDefinitions",
                  "outputParameterDefinitions", "outputFileNames", "operationId", "runtimeType",
@@ -136,7 +136,7 @@ def test_delete_service_requires_a_version(client):
 
 
 def test_delete_keeps_revisions_executions_still_use(store: Path):
-    from localbatch._registry import ServiceSpec
+    from localbatch._store.registry import ServiceSpec
 
     reg = Registry(store)
     rec = reg.publish(ServiceSpec(name="keep", version="1", code_str="r = 1"), replace=False)

@@ -269,7 +269,7 @@ def install_azureml(home: str | Path | None = None, *, engine: Any = None) -> Dr
 
 def _check_engine(engine: Any) -> None:
     """Fail at install, not at the first batch, on a bad engine name."""
-    from .._executors import get_engine
+    from .._engines.registry import get_engine
 
     if engine is not None:
         get_engine(engine)

@@ -1,7 +1,7 @@
 """Kill or fail the owner at every step of the commit protocol.
 
 Readers must never see a partial row, and ``resume()`` must end with every row
-recorded exactly once. The hook points come from ``localbatch._faults.POINTS``,
+recorded exactly once. The hook points come from ``localbatch._store.faults.POINTS``,
 so a new commit step cannot go untested.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localbatch._faults import POINTS
+from localbatch._store.faults import POINTS
 
 from . import faultfns
 from .helpers import deploy, kill_group, record_counts, start_owner, wait_until

@@ -19,7 +19,7 @@ it unpickles anything. Rows
 never run in a Dask worker's own threads: per-row working directories and
 console capture are process-global, a row may segfault, and Dask cannot kill a
 running task. Each running chunk owns one localbatch worker subprocess
-(``localbatch._pool.WorkerProcess``), kept warm per Dask worker by the bundle's
+(``localbatch._workers.pool.WorkerProcess``), kept warm per Dask worker by the bundle's
 content hash, so ``init`` runs once per subprocess, a hung row is killed by
 ``row_timeout`` and a crashing row only takes its subprocess down.
 
@@ -49,13 +49,13 @@ from collections import deque
 from concurrent.futures import CancelledError
 from typing import Any
 
-from ._commit import now_iso
-from ._engine import Chunk, DoneHandle, Engine, RunContext, RunHandle
-from ._errors import ConfigurationError, ServiceLoadError
-from ._logging import close_execution_logger
-from ._pool import WorkerPool, WorkerProcess, describe_exit
-from ._registry import Registry
-from ._supervise import BatchAborted, SupervisorBase, register_exit_wait
+from .._errors import ConfigurationError, ServiceLoadError
+from .._logging import close_execution_logger
+from .._store.commit import now_iso
+from .._store.registry import Registry
+from .._workers.pool import WorkerPool, WorkerProcess, describe_exit
+from .base import Chunk, DoneHandle, Engine, RunContext, RunHandle
+from .supervisor import BatchAborted, SupervisorBase, register_exit_wait
 
 __all__ = ["DaskEngine", "close_worker_processes", "run_chunk"]
 

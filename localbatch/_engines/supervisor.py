@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ._commit import Committer, failed_rows, now_iso
-from ._engine import Chunk, RunContext, RunHandle, input_chunks
-from ._errors import StoreError
-from ._logging import close_execution_logger
+from .._errors import StoreError
+from .._logging import close_execution_logger
+from .._store.commit import Committer, failed_rows, now_iso
+from .base import Chunk, RunContext, RunHandle, input_chunks
 
 __all__ = ["BatchAborted", "OwnedRun", "RUNNING", "SupervisorBase", "register_exit_wait"]
 

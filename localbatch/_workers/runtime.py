@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from ._columns import encode_column, kind_for_encoding
-from ._errors import SchemaError, ServiceLoadError
-from ._schema import EncodingType, cast_value
+from .._errors import SchemaError, ServiceLoadError
+from .._format.columns import encode_column, kind_for_encoding
+from .._schema import EncodingType, cast_value
 
 __all__ = ["BOARD_ROWS", "Board", "Runtime", "main", "running_row"]
 
@@ -824,14 +824,14 @@ def _capture_fds(scratch: str) -> int:
 
 
 def _load(spec: dict[str, Any], limits: dict[str, int] | None) -> Runtime:
-    from ._fsutil import read_json
-    from ._registry import read_blobs
+    from .._store.fsutil import read_json
+    from .._store.registry import read_blobs
 
     if "path" in spec:
         path = Path(spec["path"])
         manifest = read_json(path / "manifest.json")
         return Runtime(manifest, read_blobs(path, manifest), limits)
-    from ._fsutil import sha256
+    from .._store.fsutil import sha256
 
     for fname, digest in spec["manifest"]["blobs"].items():
         if sha256(spec["blobs"][fname]) != digest:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._commit import failed_rows, now_iso
-from ._engine import BatchOptions, DoneHandle, Engine, RunContext, RunHandle, input_chunks
-from ._errors import ConfigurationError, StoreError
-from ._logging import close_execution_logger
-from ._pool import WORKER_POOL
-from ._registry import Registry, ServiceRecord
-from ._runner import Supervisor, pool_key
-from ._worker import Runtime
+from .._errors import ConfigurationError, StoreError
+from .._logging import close_execution_logger
+from .._store.commit import failed_rows, now_iso
+from .._store.registry import Registry, ServiceRecord
+from .._workers.pool import WORKER_POOL
+from .._workers.runtime import Runtime
+from .base import BatchOptions, DoneHandle, Engine, RunContext, RunHandle, input_chunks
+from .local import Supervisor, pool_key
 
 __all__ = [
     "ENGINES",
@@ -140,7 +140,7 @@ def get_engine(engine: Any) -> Engine:
         return engine
     if isinstance(engine, str):
         if engine == "dask":
-            from ._dask import DaskEngine
+            from .dask import DaskEngine
 
             return DaskEngine()
         cls = ENGINES.get(engine)
@@ -150,7 +150,7 @@ def get_engine(engine: Any) -> Engine:
                 "dask.distributed.Client")
         return cls()
     if type(engine).__module__.startswith("distributed"):
-        from ._dask import DaskEngine
+        from .dask import DaskEngine
 
         return DaskEngine(engine)
     raise ConfigurationError(f"engine must be 'local', 'inline' or a dask.distributed.Client, "

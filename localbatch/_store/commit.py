@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ._columns import Column, concat_columns, encode_column, kind_for_encoding
-from ._errors import StoreError
-from ._store import ExecutionStore
+from .._errors import StoreError
+from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
+from .executions import ExecutionStore
 
 __all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso", "per_row"]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ._columns import Column, Part, decode_all, decode_one, frame_table
-from ._schema import EncodingType
-from ._store import ExecutionStore, RowMap
+from .._format.columns import Column, Part, decode_all, decode_one, frame_table
+from .._schema import EncodingType
+from .executions import ExecutionStore, RowMap
 
 __all__ = ["ResultReader", "RowRecord"]
 

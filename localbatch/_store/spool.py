@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ._columns import Column, encode_column, encode_part, kind_for_encoding
-from ._errors import InputFileError, SchemaError
-from ._fsutil import atomic_write
-from ._schema import EncodingType, InputTable
+from .._errors import InputFileError, SchemaError
+from .._format.columns import Column, encode_column, encode_part, kind_for_encoding
+from .._schema import EncodingType, InputTable
+from .fsutil import atomic_write
 
 __all__ = ["CsvSource", "SPOOL_ROWS", "spool_csv", "spool_table"]
 
@@ -95,7 +95,7 @@ class CsvSource:
             raise InputFileError(f"{path} is not UTF-8 text: {exc}") from None
         if not header:
             raise InputFileError(f"{path} is empty: it needs a header line naming the inputs")
-        from ._schema import _check_columns
+        from .._schema import _check_columns
 
         _check_columns(header, inputs)
         self.inputs = list(inputs)

@@ -14,23 +14,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._commit import Committer, history_entry, now_iso
-from ._engine import BatchOptions, Engine, RunContext, RunHandle
-from ._errors import (
+from .._errors import (
     BatchError,
     ResumeError,
     SchemaError,
     StoreError,
 )
-from ._executors import inline_runtime
-from ._logging import close_execution_logger, execution_logger
-from ._pool import WORKER_POOL, WorkerProcess, describe_exit
-from ._registry import Registry, ServiceRecord
-from ._results import ResultReader
-from ._schema import InputTable
-from ._spool import CsvSource, spool_csv, spool_table
-from ._store import ACTIVE, ExecutionStore, OwnerLock
-from ._supervise import RUNNING
+from .._logging import close_execution_logger, execution_logger
+from .._schema import InputTable
+from .._store.commit import Committer, history_entry, now_iso
+from .._store.executions import ACTIVE, ExecutionStore, OwnerLock
+from .._store.registry import Registry, ServiceRecord
+from .._store.results import ResultReader
+from .._store.spool import CsvSource, spool_csv, spool_table
+from .._workers.pool import WORKER_POOL, WorkerProcess, describe_exit
+from .base import BatchOptions, Engine, RunContext, RunHandle
+from .registry import inline_runtime
+from .supervisor import RUNNING
 
 __all__ = [
     "HANDLES",

@@ -3,7 +3,7 @@
 Two start methods, both giving fresh interpreters that never import the
 caller's ``__main__`` (so a guard-less script works):
 
-- ``spawn``: ``python -m localbatch._worker`` per worker;
+- ``spawn``: ``python -m localbatch._workers.runtime`` per worker;
 - ``forkserver``: one zygote interpreter per owner process, with numpy and
   pandas imported once, forks each worker (fast cold starts).
 
@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._worker import BOARD_BYTES, BOARD_HEAD, running_row
+from .runtime import BOARD_BYTES, BOARD_HEAD, running_row
 
 __all__ = ["WORKER_POOL", "START_METHODS", "WorkerPool", "WorkerProcess", "describe_exit"]
 
 START_METHODS = ("spawn", "forkserver")
 # A fresh interpreter running localbatch's worker module; never the caller's __main__.
 # (-c rather than -m: the package __init__ already imports _worker.)
-_WORKER_CMD = [sys.executable, "-c", "import sys; from localbatch._worker import main; "
+_WORKER_CMD = [sys.executable, "-c", "import sys; from localbatch._workers.runtime import main; "
                "main(sys.argv[1:])"]
 IDLE_TIMEOUT = float(os.environ.get("LOCALBATCH_IDLE_TIMEOUT", "60"))
 

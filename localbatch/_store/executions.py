@@ -35,16 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from ._columns import Column, Part, encode_part
-from ._errors import (
+from .._errors import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
     RowNotRecordedError,
     StoreCorruptedError,
     StoreError,
 )
-from ._faults import hook
-from ._fsutil import atomic_write, make_private_dir, publish_exclusive, read_json, write_json
+from .._format.columns import Column, Part, encode_part
+from .faults import hook
+from .fsutil import atomic_write, make_private_dir, publish_exclusive, read_json, write_json
 
 __all__ = ["ExecutionStore", "OwnerLock", "RowMap", "check_execution_id"]
 

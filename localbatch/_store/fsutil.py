@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ._errors import StoreCorruptedError, StoreError
+from .._errors import StoreCorruptedError, StoreError
 
 __all__ = [
     "atomic_write",

@@ -1,7 +1,7 @@
 """The engine seam: options, the context an engine runs in, and its handle.
 
 An engine runs the rows of one execution that have no record yet and commits
-them through the execution's :class:`~localbatch._commit.Committer`. The local
+them through the execution's :class:`~localbatch._store.commit.Committer`. The local
 process engine, the inline engine and the Dask engine implement it.
 """
 
@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._columns import decode_all
-from ._commit import Committer
-from ._errors import ConfigurationError
-from ._pool import START_METHODS
-from ._registry import ServiceRecord
-from ._schema import EncodingType
-from ._store import ExecutionStore, OwnerLock
+from .._errors import ConfigurationError
+from .._format.columns import decode_all
+from .._schema import EncodingType
+from .._store.commit import Committer
+from .._store.executions import ExecutionStore, OwnerLock
+from .._store.registry import ServiceRecord
+from .._workers.pool import START_METHODS
 
 __all__ = ["BatchOptions", "Chunk", "DoneHandle", "Engine", "RunContext", "RunHandle",
            "input_chunks"]

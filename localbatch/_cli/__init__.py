@@ -36,12 +36,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import (
+from .._errors import (
     ExecutionNotFoundError,
     LocalBatchError,
     ServiceNotFoundError,
 )
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["main"]
 
@@ -158,14 +158,14 @@ def _folder_size(path: Path) -> int:
 
 
 def _store_path(args: argparse.Namespace) -> Path:
-    from ._client import default_store
+    from .._client import default_store
 
     return Path(args.store).expanduser() if args.store else default_store()
 
 
 def _client(args: argparse.Namespace) -> Any:
     """The store's client; a store that does not exist is an error, never created here."""
-    from ._client import DeployClient
+    from .._client import DeployClient
 
     path = _store_path(args)
     if not path.is_dir():
@@ -205,7 +205,7 @@ def _resolve_id(client: Any, text: str) -> str:
 
 def _batch(client: Any, execution_id: str, parallel_count: int | None = None) -> Any:
     """The execution's Batch, with the options it was started with (for resume/retry)."""
-    from ._engine import BatchOptions
+    from .._engines.base import BatchOptions
 
     batch = client.get_execution(execution_id)
     header = client._executions.read_header(execution_id)
@@ -311,7 +311,7 @@ def _follow(args: argparse.Namespace, batch: Any, begin: Callable[[], Any],
 
     ``work``: how many rows this command runs (None: all), for the rate it reports.
     """
-    from ._views import wait_with_progress
+    from .._views import wait_with_progress
 
     started = time.monotonic()
     try:
@@ -380,7 +380,7 @@ def _timing_text(timing: tuple[int | None, float] | None, done: int) -> str:
 
 
 def _types(defs: list[dict[str, str]]) -> str:
-    from ._schema import EncodingType
+    from .._schema import EncodingType
 
     return ", ".join(f"{d['name']}: {EncodingType.to_python(d['type'])}" for d in defs) or "-"
 
@@ -454,7 +454,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _naming(input_path: str) -> Any:
     """Input errors name the file: "in.csv: line 7: column 'hp' value 'x' is not ..."."""
-    from ._errors import SchemaError
+    from .._errors import SchemaError
 
     try:
         yield
@@ -546,8 +546,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_one(args: argparse.Namespace, client: Any, eid: str) -> int:
-    from ._jobs import effective_header
-    from ._views import elapsed_seconds
+    from .._engines.executions import effective_header
+    from .._views import elapsed_seconds
 
     h = effective_header(client._executions, eid)
     if args.json:
@@ -690,7 +690,7 @@ def _copy_from(path: Path, position: int) -> int:
 
 def _tail(client: Any, eid: str, path: Path, position: int) -> None:
     """Follow the log until the execution has ended and its owner has let go."""
-    from ._jobs import effective_header
+    from .._engines.executions import effective_header
 
     while True:
         # Checked before the read: the last lines, written before the end, still show.

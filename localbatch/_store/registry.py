@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import (
+from .._errors import (
     InvalidServiceError,
     ServiceExistsError,
     ServiceLoadError,
     ServiceNotFoundError,
     StoreError,
 )
-from ._fsutil import (
+from .._schema import EncodingType, check_input_name, encoding_of
+from .._version import __version__ as _lb_version
+from .fsutil import (
     encode_component,
     make_private_dir,
     publish_exclusive,
@@ -46,8 +48,6 @@ from ._fsutil import (
     sha256,
     write_json,
 )
-from ._schema import EncodingType, check_input_name, encoding_of
-from ._version import __version__ as _lb_version
 
 __all__ = ["Registry", "ServiceRecord", "ServiceSpec", "check_name"]
 

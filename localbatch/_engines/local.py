@@ -23,10 +23,10 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
-from ._engine import BatchOptions, Chunk, RunContext
-from ._pool import WORKER_POOL, WorkerProcess, describe_exit
-from ._registry import ServiceRecord
-from ._supervise import BatchAborted, SupervisorBase
+from .._store.registry import ServiceRecord
+from .._workers.pool import WORKER_POOL, WorkerProcess, describe_exit
+from .base import BatchOptions, Chunk, RunContext
+from .supervisor import BatchAborted, SupervisorBase
 
 __all__ = ["Supervisor", "pool_key"]
 

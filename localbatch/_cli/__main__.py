@@ -1,0 +1,5 @@
+"""``python -m localbatch._cli``."""
+
+from . import main
+
+main()

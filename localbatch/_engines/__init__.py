@@ -1,0 +1,1 @@
+"""Engines: where an execution's rows run, and the operations on executions."""

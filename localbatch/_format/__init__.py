@@ -1,0 +1,1 @@
+"""The value format: columns and the ``.lbp`` part container."""

@@ -1,0 +1,1 @@
+"""The store folder: executions, the commit protocol, results, the spool, the registry."""
