@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from ._batch import Batch, BatchResponse
     from ._client import DeployClient, MLServer, Operationalization
     from ._definition import RealtimeDefinition, ServiceDefinition
+    from ._responses import ServiceResponse
     from ._schema import EncodingType
-    from ._service import Service, ServiceResponse
+    from ._service import Service
 
 _LAZY = {
     "Batch": "._batch",
@@ -57,7 +58,7 @@ _LAZY = {
     "RealtimeDefinition": "._definition",
     "Service": "._service",
     "ServiceDefinition": "._definition",
-    "ServiceResponse": "._service",
+    "ServiceResponse": "._responses",
 }
 
 __all__ = [

@@ -154,7 +154,7 @@ def _fail_before_start(ctx: RunContext, error: str) -> RunHandle:
     finally:
         ctx.lock.release()
         close_execution_logger(ctx.log)
-    return DoneHandle()
+    return DoneHandle(ctx.committer.id)
 
 
 def bundle_of(record: Any) -> dict[str, Any]:

@@ -105,6 +105,16 @@ class Committer:
     def pending_indices(self) -> np.ndarray:
         return np.flatnonzero(~self.recorded)
 
+    def reopen(self, history: dict[int, str]) -> None:
+        """Count recorded rows to run again as pending (``retry_failed``), keeping the
+        history entry each one carries into its new record."""
+        rows = list(history)
+        self.recorded[rows] = False
+        self.completed_count -= len(rows)
+        self.failed_count -= int(self.failed[rows].sum())
+        self.failed[rows] = False
+        self.history = history
+
     # buffering ---------------------------------------------------------------
 
     def add(self, payload: dict[str, Any], attempts: dict[int, int]) -> None:
