@@ -55,12 +55,13 @@ def _rows_done(header: dict[str, Any]) -> int:
     return done
 
 
-def _show(bar: Any, header: dict[str, Any]) -> None:
+def _show(bar: Any, header: dict[str, Any], shown: str | None) -> str:
+    """Draw the header on the bar; returns the postfix drawn (a disabled bar keeps none
+    of its own, so the caller remembers it)."""
     postfix = f"failed={int(header.get('failed') or 0)}"
     if header["state"] != "InProgress":
         postfix += f", {header['state']}"
-    changed = postfix != getattr(bar, "_lb_postfix", None)
-    bar._lb_postfix = postfix  # a disabled bar keeps no postfix of its own
+    changed = postfix != shown
     # The postfix first: update() redraws, and must not draw the new count beside
     # the old state.
     bar.set_postfix_str(postfix, refresh=False)
@@ -73,6 +74,7 @@ def _show(bar: Any, header: dict[str, Any]) -> None:
         bar.update(done - bar.n)
     elif changed:
         bar.refresh()
+    return postfix
 
 
 def wait_with_progress(executions: Executions, execution_id: str, timeout: float | None, *,
@@ -91,14 +93,15 @@ def wait_with_progress(executions: Executions, execution_id: str, timeout: float
     with _tqdm_class()(total=int(header["total"]), initial=int(header.get("completed") or 0),
                        unit="row", dynamic_ncols=True, file=file, disable=disable,
                        desc=f"{header['service']} {header['version']}") as bar:
+        shown = None
         while True:
-            _show(bar, header)
+            shown = _show(bar, header, shown)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if header["state"] in TERMINAL:
                 # The header turns terminal a moment before this process's supervisor
                 # lets go of its workers and lock: wait for that too.
                 header = executions.wait(eid, left)
-                _show(bar, header)
+                _show(bar, header, shown)
                 return header
             if left == 0.0:
                 return header
