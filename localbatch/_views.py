@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._batch import Batch, BatchResponse
     from ._service import ServiceResponse
 
-__all__ = ["batch_html", "elapsed_seconds", "response_html", "wait_with_progress"]
+__all__ = ["batch_html", "elapsed_seconds", "parse_time", "response_html", "wait_with_progress"]
 
 #: Above this many recorded rows a view shows counts only: reading every part
 #: to render five rows would make displaying a response slow.
@@ -120,7 +120,8 @@ def wait_with_progress(batch: Batch, timeout: float | None, *, file: IO[str] | N
 # -- HTML views ----------------------------------------------------------------------
 
 
-def _parse_time(value: Any) -> float | None:
+def parse_time(value: Any) -> float | None:
+    """An ISO timestamp (as the store writes them) in epoch seconds; None if absent or bad."""
     if not value:
         return None
     try:
@@ -131,10 +132,10 @@ def _parse_time(value: Any) -> float | None:
 
 def elapsed_seconds(header: dict[str, Any]) -> float | None:
     """Seconds from start to end (to now while running); None before it started."""
-    started = _parse_time(header.get("started"))
+    started = parse_time(header.get("started"))
     if started is None:
         return None
-    ended = _parse_time(header.get("ended"))
+    ended = parse_time(header.get("ended"))
     return max(0.0, (ended if ended is not None else time.time()) - started)
 
 
