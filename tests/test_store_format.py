@@ -18,7 +18,7 @@ import scoring_fns
 
 import localbatch
 from localbatch import DeployClient
-from localbatch._format.columns import Part
+from localbatch._format.part import Part
 
 RESULT_COLUMNS = {"index", "attempts", "worker_pid", "started", "ended", "error_type",
                   "error_message", "traceback", "console", "history"}
@@ -177,7 +177,7 @@ def test_a_reader_in_another_process_never_sees_half_a_part(client, store, monke
     reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import json, os, sys, time
         from localbatch import DeployClient
-        from localbatch._format.columns import Part
+        from localbatch._format.part import Part
         client = DeployClient({str(store)!r})
         print("ready", flush=True)
         while not client.list_executions():

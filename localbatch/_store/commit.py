@@ -196,9 +196,9 @@ class Committer:
         history = (_flat(batch, "history") if any("history" in p for p in batch)
                    else [None] * n)
         columns: dict[str, Column] = {
-            "index": ("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
+            "index": Column("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
             "attempts": encode_column("int", _concat(batch, "attempts", np.int64)),
-            "worker_pid": ("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
+            "worker_pid": Column("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
             "started": encode_column("float", _concat(batch, "started", np.float64)),
             "ended": encode_column("float", _concat(batch, "ended", np.float64)),
             "error_type": encode_column("str", etype),

@@ -42,7 +42,8 @@ from .._errors import (
     StoreCorruptedError,
     StoreError,
 )
-from .._format.columns import Column, Part, encode_part
+from .._format.columns import Column
+from .._format.part import Part, encode_part
 from .faults import hook
 from .fsutil import atomic_write, make_private_dir, publish_exclusive, read_json, write_json
 

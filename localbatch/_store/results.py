@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .._format.columns import Column, Part, decode_all, decode_one, frame_table
+from .._format.columns import Column, decode_all, decode_one
+from .._format.frames import frame_table
+from .._format.part import Part
 from .._schema import EncodingType
 from .executions import ExecutionStore, RowMap
 

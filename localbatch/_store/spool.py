@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .._errors import InputFileError, SchemaError
-from .._format.columns import Column, encode_column, encode_part, kind_for_encoding
+from .._format.columns import Column, encode_column, kind_for_encoding
+from .._format.part import encode_part
 from .._schema import EncodingType, InputTable
 from .fsutil import atomic_write
 

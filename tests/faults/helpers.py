@@ -25,7 +25,7 @@ def deploy(client, name, fn, *, init=None, artifacts=None):
 
 def record_counts(store: Path, execution_id: str, total: int) -> np.ndarray:
     """How many published parts record each row (read from the files, not the API)."""
-    from localbatch._format.columns import Part
+    from localbatch._format.part import Part
 
     counts = np.zeros(total, np.int64)
     results = store / "executions" / execution_id / "results"
