@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._errors import ConfigurationError
-from .._format.columns import decode_all
+from .._format.columns import Column, decode_all
 from .._schema import EncodingType
 from .._store.commit import Committer
 from .._store.executions import ExecutionStore, OwnerLock
@@ -135,7 +135,7 @@ def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[st
                  recorded: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """Rows without a record, one input part at a time (bounded memory)."""
     for part in store.iter_inputs(execution_id):
-        rows = part.column("row")[2]["values"]
+        rows = part.column("row").buffers["values"]
         keep = np.flatnonzero(~recorded[rows])
         if len(keep) == 0:
             continue
@@ -147,8 +147,8 @@ def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[st
         yield rows[keep], cols
 
 
-def _input_values(column: Any, enc: EncodingType) -> Any:
-    kind, _, bufs = column
+def _input_values(column: Column, enc: EncodingType) -> Any:
+    kind, bufs = column.kind, column.buffers
     if kind in ("float", "int", "bool") and not bufs["mask"].any():
         # Sent to workers as arrays (a memcpy to pickle); they make Python values.
         return bufs["values"]

@@ -79,9 +79,9 @@ class Committer:
         row_map = self.store.row_map(self.id, self.total)
         for k, name in enumerate(row_map.parts):
             part = self.store.read_part(self.id, name)
-            index = part.column("index")[2]["values"]
+            index = part.column("index").buffers["values"]
             latest = row_map.part_of[index] == k
-            errs = part.column("error_type")[2]["mask"]
+            errs = part.column("error_type").buffers["mask"]
             self.recorded[index[latest]] = True
             self.failed[index[latest]] = ~errs[latest]
         self.completed_count = int(self.recorded.sum())
@@ -164,7 +164,7 @@ class Committer:
         except OSError as exc:
             raise StoreError(exc.errno or 5, f"cannot commit part: {exc}") from exc
         self._seq += 1
-        errs = ~columns["error_type"][2]["mask"]
+        errs = ~columns["error_type"].buffers["mask"]
         newly = ~self.recorded[index]
         self.completed_count += int(newly.sum())
         self.failed_count += int(errs.sum()) - int(self.failed[index].sum())

@@ -306,7 +306,7 @@ class ExecutionStore:
         part_of = np.full(total, -1, np.int32)
         pos_of = np.full(total, -1, np.int32)
         for k, name in enumerate(names):
-            index = self.read_part(execution_id, name).column("index")[2]["values"]
+            index = self.read_part(execution_id, name).column("index").buffers["values"]
             part_of[index] = k
             pos_of[index] = np.arange(len(index), dtype=np.int32)
         return RowMap(names, part_of, pos_of)

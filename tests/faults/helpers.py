@@ -30,7 +30,7 @@ def record_counts(store: Path, execution_id: str, total: int) -> np.ndarray:
     counts = np.zeros(total, np.int64)
     results = store / "executions" / execution_id / "results"
     for path in sorted(results.glob("part-*.lbp")):
-        index = Part(path.read_bytes()).column("index")[2]["values"]
+        index = Part(path.read_bytes()).column("index").buffers["values"]
         np.add.at(counts, index, 1)
     return counts
 
