@@ -12,7 +12,8 @@ from ._engines.registry import get_engine
 from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
 from ._store.executions import ExecutionStore
 from ._store.fsutil import make_private_dir
-from ._store.registry import Registry, ServiceSpec
+from ._store.registry import Registry
+from ._store.revision import ServiceSpec
 from ._workers.pool import START_METHODS, WORKER_POOL
 
 __all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]

@@ -52,7 +52,7 @@ from typing import Any
 from .._errors import ConfigurationError, ServiceLoadError
 from .._logging import close_execution_logger
 from .._store.commit import now_iso
-from .._store.registry import Registry
+from .._store.registry import read_blobs
 from .._workers.pool import WorkerPool, WorkerProcess, describe_exit
 from .base import Chunk, DoneHandle, Engine, RunContext, RunHandle
 from .supervisor import BatchAborted, SupervisorBase, register_exit_wait
@@ -159,7 +159,7 @@ def _fail_before_start(ctx: RunContext, error: str) -> RunHandle:
 
 def bundle_of(record: Any) -> dict[str, Any]:
     """The service by value: its manifest and its blobs, hash-verified here."""
-    return {"manifest": record.manifest, "blobs": Registry.read_blobs(record)}
+    return {"manifest": record.manifest, "blobs": read_blobs(record.path, record.manifest)}
 
 
 def bundle_hash(manifest: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from .._errors import ConfigurationError, StoreError
 from .._logging import close_execution_logger
 from .._store.commit import failed_rows, now_iso
-from .._store.registry import Registry, ServiceRecord
+from .._store.registry import ServiceRecord, read_blobs
 from .._workers.pool import WORKER_POOL
 from .._workers.runtime import Runtime
 from .base import BatchOptions, DoneHandle, Engine, RunContext, RunHandle, input_chunks
@@ -62,7 +62,8 @@ def inline_runtime(record: ServiceRecord, limits: dict[str, int]) -> Runtime:
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.get(key)
         if runtime is None:
-            runtime = Runtime(record.manifest, Registry.read_blobs(record), limits or None)
+            blobs = read_blobs(record.path, record.manifest)
+            runtime = Runtime(record.manifest, blobs, limits or None)
             runtime.inline = True
             runtime.initialize()
             _RUNTIMES[key] = runtime

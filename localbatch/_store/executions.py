@@ -45,13 +45,26 @@ from .._errors import (
 from .._format.columns import Column
 from .._format.part import Part, encode_part
 from .faults import hook
-from .fsutil import atomic_write, make_private_dir, publish_exclusive, read_json, write_json
+from .fsutil import (
+    atomic_write,
+    is_plain_file_name,
+    make_private_dir,
+    publish_exclusive,
+    read_json,
+    write_json,
+)
 
-__all__ = ["ExecutionStore", "OwnerLock", "RowMap", "check_execution_id"]
+__all__ = [
+    "ACTIVE",
+    "ExecutionStore",
+    "OwnerLock",
+    "RowMap",
+    "check_artifact_name",
+    "check_execution_id",
+]
 
 FORMAT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ARTIFACT_RE_BAD = re.compile(r"[/\\\0]")
 ACTIVE = ("Pending", "InProgress")
 
 
@@ -66,8 +79,7 @@ def check_execution_id(execution_id: Any) -> str:
 
 
 def check_artifact_name(name: Any) -> str:
-    if (not isinstance(name, str) or not name or name in (".", "..")
-            or _ARTIFACT_RE_BAD.search(name)):
+    if not is_plain_file_name(name):
         raise ArtifactNotFoundError(f"{name!r} is not a valid artifact name")
     return name
 
