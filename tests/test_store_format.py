@@ -19,6 +19,8 @@ import scoring_fns
 import localbatch
 from localbatch import DeployClient
 from localbatch._format.part import Part
+from localbatch._store.executions import ACTIVE, TERMINAL, ExecutionState
+from localbatch._store.fsutil import read_json, write_json
 
 RESULT_COLUMNS = {"index", "attempts", "worker_pid", "started", "ended", "error_type",
                   "error_message", "traceback", "console", "history"}
@@ -39,6 +41,17 @@ def predict_frame(hp, wt):
 def add_svc(client):
     return (client.service("adder").version("1.0").code_fn(scoring_fns.add)
             .inputs(a=float, b=float).outputs(answer=float).deploy())
+
+
+def test_execution_states_are_stored_as_the_sdk_strings(tmp_path: Path):
+    write_json(tmp_path / "execution.json", {"state": ExecutionState.IN_PROGRESS})
+    assert json.loads((tmp_path / "execution.json").read_text()) == {"state": "InProgress"}
+    state = read_json(tmp_path / "execution.json")["state"]
+    assert type(state) is str and state == ExecutionState.IN_PROGRESS and state in ACTIVE
+    assert [s.value for s in ExecutionState] == [
+        "Pending", "InProgress", "Complete", "Failed", "Canceled"]
+    assert set(ExecutionState) == ACTIVE | TERMINAL and not ACTIVE & TERMINAL
+    assert f"{ExecutionState.COMPLETE}" == str(ExecutionState.COMPLETE) == "Complete"
 
 
 def _folder(store: Path, batch) -> Path:

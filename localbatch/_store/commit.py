@@ -18,7 +18,7 @@ import numpy as np
 
 from .._errors import StoreError
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
-from .executions import ExecutionStore
+from .executions import ExecutionHeader, ExecutionState, ExecutionStore
 
 __all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso", "per_row"]
 
@@ -52,7 +52,7 @@ def now_iso() -> str:
 class Committer:
     """Owns ``execution.json`` and the result parts of one execution."""
 
-    def __init__(self, store: ExecutionStore, execution_id: str, header: dict[str, Any],
+    def __init__(self, store: ExecutionStore, execution_id: str, header: ExecutionHeader,
                  outputs: list[tuple[str, Any]], log: logging.Logger) -> None:
         self.store = store
         self.id = execution_id
@@ -87,7 +87,7 @@ class Committer:
         self.completed_count = int(self.recorded.sum())
         self.failed_count = int(self.failed.sum())
 
-    def set_state(self, state: str, **fields: Any) -> None:
+    def set_state(self, state: ExecutionState, **fields: Any) -> None:
         self.header.update(state=state, **fields)
         self.write_header()
 

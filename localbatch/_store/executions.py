@@ -30,8 +30,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -56,6 +57,9 @@ from .fsutil import (
 
 __all__ = [
     "ACTIVE",
+    "TERMINAL",
+    "ExecutionHeader",
+    "ExecutionState",
     "ExecutionStore",
     "OwnerLock",
     "RowMap",
@@ -65,7 +69,71 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ACTIVE = ("Pending", "InProgress")
+
+
+class ExecutionState(str, Enum):
+    """The state of an execution, as ``execution.json`` stores it.
+
+    A ``str`` enum whose values are the SDK's strings: ``json.dumps`` writes the
+    plain string, and a state read back from a header (a plain ``str``) compares
+    equal to its member, so ``state == "Complete"`` and ``state in ACTIVE`` hold
+    either way.
+    """
+
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    def __str__(self) -> str:
+        return self.value  # f-strings and str() give "Complete", not "ExecutionState..."
+
+
+#: States of an execution that may still record rows.
+ACTIVE = frozenset({ExecutionState.PENDING, ExecutionState.IN_PROGRESS})
+#: States that end a run (an interrupted one reads as Failed, but can be resumed).
+TERMINAL = frozenset({ExecutionState.COMPLETE, ExecutionState.FAILED, ExecutionState.CANCELED})
+
+
+class ExecutionHeader(TypedDict, total=False):
+    """``execution.json``: what a reader needs without opening any part."""
+
+    format_version: int
+    execution_id: str
+    #: The revision that runs: service name, version and revision id.
+    service: str
+    version: str
+    revision: str
+    #: Input rows in the spool.
+    total: int
+    parallel_count: int
+    #: The engine's registered name ("local", "inline", "dask", ...).
+    engine: str
+    #: ``BatchOptions.to_json()``: what resume and retry run with again.
+    options: dict[str, Any]
+    #: An ``ExecutionState`` value.
+    state: str
+    #: Rows recorded so far, and how many of them failed.
+    completed: int
+    failed: int
+    #: Why the execution failed or was canceled; None while it has not.
+    error: str | None
+    #: ``resume()`` may run the remaining rows.
+    resumable: bool
+    #: ISO times: submitted, first row started, ended, header last rewritten.
+    created: str
+    started: str | None
+    ended: str | None
+    updated: str
+    #: The process that owns (runs) the execution.
+    owner_pid: int
+    #: Set only on the copy readers get when the owner died while running.
+    interrupted: bool
+    #: How many times it was resumed.
+    resumed: int
+    #: The service version a ``retry_failed`` ran the failed rows with.
+    retried_with: str
 
 
 def _after_write() -> None:
@@ -192,7 +260,7 @@ class ExecutionStore:
         (path / "inputs").mkdir(parents=True, mode=0o700)
         return path
 
-    def publish(self, staging: Path, header: dict[str, Any]) -> OwnerLock:
+    def publish(self, staging: Path, header: ExecutionHeader) -> OwnerLock:
         """Write the header, take the owner lock, and make the execution visible."""
         header.setdefault("format_version", FORMAT_VERSION)
         for sub in ("results", "artifacts"):
@@ -218,7 +286,7 @@ class ExecutionStore:
 
     # header -----------------------------------------------------------------
 
-    def read_header(self, execution_id: str) -> dict[str, Any]:
+    def read_header(self, execution_id: str) -> ExecutionHeader:
         path = self._require(execution_id)
         for _ in range(3):
             try:
@@ -227,7 +295,7 @@ class ExecutionStore:
                 time.sleep(0.01)
         raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
 
-    def write_header(self, execution_id: str, header: dict[str, Any]) -> None:
+    def write_header(self, execution_id: str, header: ExecutionHeader) -> None:
         hook("header.before_replace")
         write_json(self.path(execution_id) / "execution.json", header)
         hook("header.after_replace")
