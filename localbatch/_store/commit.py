@@ -20,7 +20,15 @@ from .._errors import StoreError
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
 from .executions import ExecutionHeader, ExecutionState, ExecutionStore
 
-__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso", "per_row"]
+__all__ = [
+    "Committer",
+    "PART_ROWS",
+    "PART_SECONDS",
+    "failed_rows",
+    "history_entry",
+    "now_iso",
+    "per_row",
+]
 
 #: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
 PART_ROWS = 1000
