@@ -1,4 +1,4 @@
-"""The columnar codec (``_columns``): every kind round-trips through a part file."""
+"""The columnar codec (``_format``): every kind round-trips through a part file."""
 
 from __future__ import annotations
 
