@@ -123,7 +123,7 @@ class Service:
     def _consume(self, values: dict[str, Any]) -> ServiceResponse:
         from ._engines.executions import consume
         from ._engines.registry import get_engine
-        from ._store.commit import per_row
+        from ._format.chunk import per_row
 
         payload = consume(self._record, self._cast_inputs(values),
                           start_method=self._client.start_method,
@@ -349,8 +349,8 @@ class ServiceResponse:
     def from_payload(cls, api: str, payload: dict[str, Any], record: ServiceRecord
                      ) -> ServiceResponse:
         """A response from a worker's row payload (the first row of it)."""
+        from ._format.chunk import per_row
         from ._format.columns import decode_one
-        from ._store.commit import per_row
 
         error = per_row(payload, "errors")[0]
         outputs = {}

@@ -15,8 +15,9 @@ import threading
 from typing import Any
 
 from .._errors import ConfigurationError, StoreError
+from .._format.chunk import failed_rows
 from .._logging import close_execution_logger
-from .._store.commit import failed_rows, now_iso
+from .._store.commit import now_iso
 from .._store.registry import Registry, ServiceRecord
 from .._workers.pool import WORKER_POOL
 from .._workers.runtime import Runtime

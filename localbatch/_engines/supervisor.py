@@ -25,8 +25,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from .._errors import StoreError
+from .._format.chunk import ChunkResult, failed_rows
 from .._logging import close_execution_logger
-from .._store.commit import Committer, failed_rows, now_iso
+from .._store.commit import Committer, now_iso
 from .base import Chunk, RunContext, RunHandle, input_chunks
 
 __all__ = ["BatchAborted", "OwnedRun", "RUNNING", "SupervisorBase", "register_exit_wait"]
@@ -236,7 +237,7 @@ class SupervisorBase(RunHandle):
         if self.committer.header.get("state") == "Pending":
             self.committer.set_state("InProgress", started=now_iso())
 
-    def _count_failures(self, payload: dict[str, Any]) -> None:
+    def _count_failures(self, payload: ChunkResult) -> None:
         self._failed_seen += failed_rows(payload)
 
     def _check_threshold(self) -> None:

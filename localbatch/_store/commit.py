@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from .._errors import StoreError
+from .._format.chunk import per_row
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
 from .executions import ExecutionStore
 
-__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso", "per_row"]
+__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso"]
 
 #: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
 PART_ROWS = 1000
@@ -29,18 +30,6 @@ PART_SECONDS = 2.0
 #: final state always carries the exact counts (a fast batch publishes hundreds of
 #: parts a second, and rewriting the header after each one cost as much as the part).
 HEADER_SECONDS = 0.2
-
-
-def per_row(payload: dict[str, Any], key: str) -> list[Any]:
-    """A chunk result's per-row field as a list; None there stands for None on every row
-    (``errors`` when no row failed, ``console`` when none printed)."""
-    values = payload[key]
-    return [None] * len(payload["index"]) if values is None else values
-
-
-def failed_rows(payload: dict[str, Any]) -> int:
-    errors = payload["errors"]
-    return 0 if errors is None else len(errors) - errors.count(None)  # a C loop
 
 
 def now_iso() -> str:
