@@ -8,7 +8,7 @@
     batch.wait().to_frame()
 
 Public names are resolved on first use, so worker processes (which import
-``localbatch._workers.runtime``) and the pytest plugin do not pay for the whole facade.
+``localbatch._workers.child``) and the pytest plugin do not pay for the whole facade.
 """
 
 from __future__ import annotations

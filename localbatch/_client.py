@@ -13,7 +13,8 @@ from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundErr
 from ._store.executions import ExecutionStore
 from ._store.fsutil import make_private_dir
 from ._store.registry import Registry, ServiceSpec
-from ._workers.pool import START_METHODS, WORKER_POOL
+from ._workers.pool import WORKER_POOL
+from ._workers.process import START_METHODS
 
 __all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]
 

@@ -121,7 +121,7 @@ class Service:
         return {name: cast_value(enc, values[name], name) for name, enc in self._record.inputs}
 
     def _consume(self, values: dict[str, Any]) -> ServiceResponse:
-        from ._engines.executions import consume
+        from ._engines.consume import consume
         from ._engines.registry import get_engine
         from ._format.chunk import per_row
 

@@ -21,7 +21,7 @@ from .._schema import EncodingType
 from .._store.commit import Committer
 from .._store.executions import ExecutionStore, OwnerLock
 from .._store.registry import ServiceRecord
-from .._workers.pool import START_METHODS
+from .._workers.process import START_METHODS
 
 __all__ = ["BatchOptions", "Chunk", "DoneHandle", "Engine", "RunContext", "RunHandle",
            "input_chunks"]

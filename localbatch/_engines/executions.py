@@ -2,7 +2,8 @@
 
 Submitting (spool, publish, run), reading the effective state (a dead owner
 reads as ``Failed``/``Interrupted``, never ``InProgress``), cancel from any
-process, ``resume`` and ``retry_failed``, and request-response ``consume``.
+process, ``resume`` and ``retry_failed`` (request-response ``consume`` is in
+:mod:`.consume`).
 """
 
 from __future__ import annotations
@@ -27,15 +28,12 @@ from .._store.executions import ACTIVE, ExecutionStore, OwnerLock
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
 from .._store.spool import CsvSource, spool_csv, spool_table
-from .._workers.pool import WORKER_POOL, WorkerProcess, describe_exit
 from .base import BatchOptions, Engine, RunContext, RunHandle
-from .registry import inline_runtime
 from .supervisor import RUNNING
 
 __all__ = [
     "HANDLES",
     "cancel_execution",
-    "consume",
     "effective_header",
     "resume_execution",
     "retry_failed",
@@ -284,83 +282,6 @@ def with_suppress_unlink(path: Path) -> None:
         pass
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot clear {path}: {exc}") from exc
-
-
-# -- request-response ----------------------------------------------------------------
-
-
-def consume(record: ServiceRecord, values: dict[str, Any], *, start_method: str = "spawn",
-            init_timeout: float = 300.0, timeout: float | None = None,
-            engine: Engine | None = None) -> dict[str, Any]:
-    """Run one call in a warm worker of the service; returns the worker's row payload.
-
-    With an engine that does not isolate rows (``inline``) the call runs here.
-    """
-    if engine is not None and not engine.isolates_rows:
-        return _consume_inline(record, values)
-    key = (str(record.path), start_method, ())
-    taken = WORKER_POOL.take_idle(key, 1)
-    if taken:
-        worker: WorkerProcess | dict[str, Any] = taken[0]
-    else:
-        worker = WorkerProcess(key, start_method)
-        worker.start({"path": str(record.path)}, None)
-    if not worker.ready:
-        worker = _await_ready(worker, init_timeout)
-    if isinstance(worker, dict):
-        return worker
-    try:
-        worker.send(("chunk", 0, [0], {k: [v] for k, v in values.items()}))
-        if not worker.conn or not worker.conn.poll(timeout):
-            raise TimeoutError
-        msg = worker.recv()
-    except TimeoutError:
-        worker.kill()
-        return _failed_call("Timeout", f"call exceeded {timeout:g}s", worker.pid)
-    except (EOFError, OSError):
-        worker.kill()
-        return _failed_call("WorkerDied", describe_exit(worker.exitcode), worker.pid)
-    WORKER_POOL.give_back([worker])
-    return dict(msg[2])
-
-
-def _consume_inline(record: ServiceRecord, values: dict[str, Any]) -> dict[str, Any]:
-    try:
-        runtime = inline_runtime(record, {})
-    except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error too
-        payload = _failed_call(type(exc).__name__, f"init failed: {exc}", os.getpid())
-        return payload
-    return runtime.run_rows([0], {k: [v] for k, v in values.items()})
-
-
-def _await_ready(worker: WorkerProcess, init_timeout: float) -> WorkerProcess | dict[str, Any]:
-    """Wait for a starting worker's init; a failure becomes the call's payload."""
-    assert worker.conn is not None
-    try:
-        if not worker.conn.poll(init_timeout):
-            worker.kill()
-            return _failed_call("InitTimeout", f"init did not return within {init_timeout:g}s",
-                                worker.pid)
-        msg = worker.recv()
-    except (EOFError, OSError):
-        worker.kill()
-        return _failed_call("WorkerDied", describe_exit(worker.exitcode) + " during init",
-                            worker.pid)
-    if msg[0] == "init_error":
-        worker.kill()
-        etype, message, tb = msg[2]
-        payload = _failed_call(etype, f"init failed: {message}", worker.pid)
-        payload["errors"] = [(etype, f"init failed: {message}", tb)]
-        payload["console"] = [msg[3] or None]
-        return payload
-    worker.ready = True
-    return worker
-
-
-def _failed_call(error_type: str, message: str, pid: int) -> dict[str, Any]:
-    now = time.time()
-    return {"index": [0], "started": [now], "ended": [now], "errors": [(error_type, message, "")],
-            "console": [None], "outputs": None, "artifacts": {}, "pid": pid}
 
 
 def header_json(header: dict[str, Any]) -> str:

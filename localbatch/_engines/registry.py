@@ -22,7 +22,7 @@ from .._store.registry import Registry, ServiceRecord
 from .._workers.pool import WORKER_POOL
 from .._workers.runtime import Runtime
 from .base import BatchOptions, DoneHandle, Engine, RunContext, RunHandle, input_chunks
-from .local import Supervisor, pool_key
+from .local import LocalSupervisor, pool_key
 
 __all__ = [
     "ENGINES",
@@ -48,7 +48,7 @@ class LocalEngine(Engine):
                                  options.start_method, options.limits)
 
     def run(self, ctx: RunContext) -> RunHandle:
-        sup = Supervisor(ctx)
+        sup = LocalSupervisor(ctx)
         sup.start()
         return sup
 

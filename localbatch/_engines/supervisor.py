@@ -1,10 +1,11 @@
 """What every engine's supervisor shares: ownership, the end states, the exit wait.
 
 A supervisor is a thread of the process that owns an execution. Subclasses
-(the local process engine in ``_runner``, the Dask engine in ``_dask``) write
+(``LocalSupervisor`` in :mod:`.local`, ``DaskSupervisor`` in :mod:`.dask`) write
 ``_run`` (the loop) and ``_stop_work`` (stop every running row); this class
-turns the ways a run can end into the execution's state, once, and always
-releases the ownership:
+deals the chunks, charges a worker's death to the row it was running
+(:meth:`Supervisor.on_worker_death`), turns the ways a run can end into the
+execution's state, once, and always releases the ownership:
 
 - ``_run`` returns → ``Complete`` (``_finish``) or ``Canceled`` (``_finish_canceled``);
 - :class:`BatchAborted` → ``Failed`` with its message;
@@ -30,9 +31,14 @@ from .._logging import close_execution_logger
 from .._store.commit import Committer, now_iso
 from .base import Chunk, RunContext, RunHandle, input_chunks
 
-__all__ = ["BatchAborted", "OwnedRun", "RUNNING", "SupervisorBase", "register_exit_wait"]
+__all__ = ["BatchAborted", "OwnedRun", "RUNNING", "Supervisor", "UNBLAMED_DEATHS",
+           "register_exit_wait"]
 
 ACTIVE_STATES = ("Pending", "InProgress")
+#: Deaths outside any row (while starting, between rows), per worker slot and
+#: attempt, before the batch is Failed: an init that crashes its process fails
+#: fast, random outside kills (the OOM killer) do not.
+UNBLAMED_DEATHS = 3
 
 
 class OwnedRun(Protocol):
@@ -59,7 +65,7 @@ class BatchAborted(Exception):
         self.resumable = resumable
 
 
-class SupervisorBase(RunHandle):
+class Supervisor(RunHandle):
     """One execution's owner thread: registered in RUNNING, cancellable, always released.
 
     It also deals the rows without a record out as chunks: requeued chunks first,
@@ -94,6 +100,8 @@ class SupervisorBase(RunHandle):
         self._source_pos = 0
         self._next_chunk_id = 0
         self._attempts: dict[int, int] = {}
+        #: Deaths no row was blamed for (see UNBLAMED_DEATHS).
+        self._unblamed_deaths = 0
         self._row_seconds: float | None = None
         self._thread = threading.Thread(target=self._main, name=f"localbatch-{self.id[:8]}",
                                         daemon=True)
@@ -192,6 +200,33 @@ class SupervisorBase(RunHandle):
             return self._new_chunk(rows[lo:hi], {k: v[lo:hi] for k, v in cols.items()})
         return None
 
+    # deaths --------------------------------------------------------------------------
+
+    def on_worker_death(self, chunks: list[Chunk], current: tuple[int, float] | None,
+                        why: str, *, timed_out: bool) -> bool:
+        """A worker ended (or was killed for a hung row) with ``chunks`` in flight.
+
+        The row its board named (``current``: row index, start time) is charged
+        (see :meth:`_charge_row`); the rest of the chunks goes again without
+        using an attempt. Returns whether a row was blamed; a death that blames
+        no row is counted (:meth:`_unblamed_limit_reached`).
+        """
+        chunk = None
+        if current is not None:
+            chunk = next((c for c in chunks if current[0] in c.indices), None)
+        if chunk is None or current is None:
+            self._unblamed_deaths += 1
+            self._requeue(chunks, skip=None)
+            return False
+        self._charge_row(chunk, current[0], current[1], why, timed_out=timed_out)
+        self._requeue(chunks, skip=current[0])
+        return True
+
+    def _unblamed_limit_reached(self) -> bool:
+        """Deaths that no row can be blamed for are only fatal when they keep happening."""
+        limit = UNBLAMED_DEATHS * self.options.max_attempts * self.options.parallel_count
+        return self._unblamed_deaths > limit
+
     def _charge_row(self, chunk: Chunk, row: int, started: float, why: str, *,
                     timed_out: bool) -> None:
         """A row that killed (or hung) its worker: record it, or run it again alone."""
@@ -209,6 +244,13 @@ class SupervisorBase(RunHandle):
             # A row that killed its worker runs alone from now on.
             position = int(np.flatnonzero(np.asarray(chunk.indices) == row)[0])
             self._queue.appendleft(self._new_chunk(*chunk.split([position])))
+
+    def _requeue(self, chunks: list[Chunk], skip: int | None) -> None:
+        """The rows of ``chunks`` (but ``skip``) go first in the queue, in their order."""
+        for chunk in reversed(chunks):
+            keep = [p for p, i in enumerate(chunk.indices) if i != skip]
+            if keep:
+                self._queue.appendleft(self._new_chunk(*chunk.split(keep)))
 
     # the end states ----------------------------------------------------------------
 
