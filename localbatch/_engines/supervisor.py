@@ -36,8 +36,9 @@ __all__ = ["BatchAborted", "OwnedRun", "RUNNING", "Supervisor", "UNBLAMED_DEATHS
 
 ACTIVE_STATES = ("Pending", "InProgress")
 #: Deaths outside any row (while starting, between rows), per worker slot and
-#: attempt, before the batch is Failed: an init that crashes its process fails
-#: fast, random outside kills (the OOM killer) do not.
+#: attempt, before the batch is Failed (the local engine counts those with no
+#: progress in between): an init that crashes its process fails fast, random
+#: outside kills (the OOM killer) do not.
 UNBLAMED_DEATHS = 3
 
 
@@ -223,7 +224,8 @@ class Supervisor(RunHandle):
         return True
 
     def _unblamed_limit_reached(self) -> bool:
-        """Deaths that no row can be blamed for are only fatal when they keep happening."""
+        """Deaths that no row can be blamed for (while starting, between rows) are only
+        fatal when they keep happening."""
         limit = UNBLAMED_DEATHS * self.options.max_attempts * self.options.parallel_count
         return self._unblamed_deaths > limit
 
