@@ -63,6 +63,7 @@ def remove_scratch() -> None:
 
 
 def describe_exit(code: int | None) -> str:
+    """What ended a worker, from its exit code (negative: the signal that killed it)."""
     if code is None:
         return "worker died (exit status unknown)"
     if code < 0:
