@@ -237,10 +237,10 @@ def _vector_chunk() -> int:
 def _lb_vector_cap() -> str:
     """localbatch's chunk cap for vectorised services, for the reader (not an API)."""
     try:
-        from localbatch._engines import local as _runner
+        from localbatch._engines.supervisor import Supervisor
 
-        cap = getattr(_runner, "MAX_VECTOR_CHUNK", None) or getattr(_runner, "MAX_CHUNK", None)
-    except ImportError:
+        cap = Supervisor.max_vector_chunk
+    except (ImportError, AttributeError):  # an older localbatch, for a before/after run
         cap = None
     return f"adaptive, at most {cap:,} rows" if cap else "adaptive"
 

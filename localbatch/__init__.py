@@ -8,7 +8,7 @@
     batch.wait().to_frame()
 
 Public names are resolved on first use, so worker processes (which import
-``localbatch._workers.runtime``) and the pytest plugin do not pay for the whole facade.
+``localbatch._workers.child``) and the pytest plugin do not pay for the whole facade.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from ._batch import Batch, BatchResponse
     from ._client import DeployClient, MLServer, Operationalization
     from ._definition import RealtimeDefinition, ServiceDefinition
+    from ._responses import ServiceResponse
     from ._schema import EncodingType
-    from ._service import Service, ServiceResponse
+    from ._service import Service
 
 _LAZY = {
     "Batch": "._batch",
@@ -57,7 +58,7 @@ _LAZY = {
     "RealtimeDefinition": "._definition",
     "Service": "._service",
     "ServiceDefinition": "._definition",
-    "ServiceResponse": "._service",
+    "ServiceResponse": "._responses",
 }
 
 __all__ = [

@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import os
 import sys
-import uuid
 import warnings
 from pathlib import Path
+from pprint import pformat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._engines.base import BatchOptions
+from ._engines.executions import Executions
 from ._engines.registry import get_engine
 from ._errors import (
+    BatchError,
     BatchNotStartedError,
     BatchTimeoutError,
     LocalBatchWarning,
     RowNotRecordedError,
+    SchemaError,
 )
-from ._schema import EncodingType, InputTable, normalize_records
+from ._responses import ServiceResponse
+from ._schema import InputTable, normalize_records
 from ._store.executions import check_artifact_name
+from ._store.fsutil import atomic_write_with
+from ._store.registry import ServiceRecord
+from ._store.results import ResultReader
 from ._store.spool import CsvSource
+from ._views import batch_html, wait_with_progress
 
 if TYPE_CHECKING:
-    from ._service import Service, ServiceResponse
-    from ._store.results import ResultReader
+    from ._service import Service
+
+from ._store.states import TERMINAL
 
 __all__ = ["Batch", "BatchResponse"]
 
@@ -42,7 +50,7 @@ class _State(str):
         return str(self)
 
 
-def _options(service: Service, parallel_count: int, options: dict[str, Any]) -> BatchOptions:
+def _options(start_method: str, parallel_count: int, options: dict[str, Any]) -> BatchOptions:
     unknown = sorted(set(options) - _OPTION_NAMES)
     if unknown:
         raise TypeError(f"batch() got unexpected keyword argument(s): {', '.join(unknown)}")
@@ -53,15 +61,15 @@ def _options(service: Service, parallel_count: int, options: dict[str, Any]) -> 
         limits["artifact_bytes"] = int(options.pop("artifact_limit"))
     if "output_limit" in options:
         limits["output_bytes"] = int(options.pop("output_limit"))
-    options.setdefault("start_method", service._client.start_method)
+    options.setdefault("start_method", start_method)
     return BatchOptions(parallel_count=parallel_count, limits=limits, **options).validate()
 
 
-def _source(records: Any, service: Service) -> InputTable | CsvSource:
+def _validated_source(records: Any, record: ServiceRecord) -> InputTable | CsvSource:
     """Validated records; their warnings point at the user's line, not at localbatch."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = _validated(records, service)
+        source = _validated(records, record)
     level = _user_stacklevel()
     for w in caught:
         if issubclass(w.category, LocalBatchWarning):
@@ -73,7 +81,7 @@ def _source(records: Any, service: Service) -> InputTable | CsvSource:
 
 def _user_stacklevel() -> int:
     """The ``stacklevel`` of the first caller outside localbatch, seen from our caller."""
-    frame = sys._getframe(2)
+    frame = sys._getframe(2)  # noqa: SLF001 - the documented way to a caller's frame
     level = 2
     while frame is not None and frame.f_globals.get("__name__", "").startswith("localbatch"):
         frame = frame.f_back
@@ -81,15 +89,13 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _validated(records: Any, service: Service) -> InputTable | CsvSource:
-    inputs = service._record.inputs
+def _validated(records: Any, record: ServiceRecord) -> InputTable | CsvSource:
+    inputs = record.inputs
     if isinstance(records, (str, os.PathLike)):
         path = Path(records)
         if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".txt"):
             raise TypeError(f"records path {str(path)!r} must be a .csv or .tsv file")
         if not inputs:
-            from ._errors import SchemaError
-
             raise SchemaError("Attempt to batch a service with void inputs.")
         return CsvSource(path, inputs)
     return normalize_records(records, inputs)
@@ -100,21 +106,25 @@ class Batch:
 
     def __init__(self, service: Service, records: Any = None, parallel_count: int = 10,
                  execution_id: str | None = None, **options: Any) -> None:
-        self._service = service
-        self._client = service._client
-        self._engine = options.pop("engine", None) or service._client.engine
-        get_engine(self._engine)
-        self._options = _options(service, parallel_count, options)
+        # The SDK's public constructor: what a batch needs is taken from the service
+        # once, here; after this no object reaches into another.
+        record, executions = service._record, service._executions  # noqa: SLF001
+        self._record: ServiceRecord = record
+        self._executions: Executions = executions
+        self._service_api = service.api
+        engine = options.pop("engine", None)
+        self._engine = executions.engine if engine is None else get_engine(engine)
+        self._options = _options(executions.start_method, parallel_count, options)
         self._execution_id = execution_id
         self._records: InputTable | CsvSource | None = None
         if execution_id is None:
-            self._records = _source(records, service)
+            self._records = _validated_source(records, record)
 
     # SDK properties ----------------------------------------------------------------
 
     @property
     def api(self) -> str:
-        return f"{self._service.api}/batch"
+        return f"{self._service_api}/batch"
 
     @property
     def records(self) -> Any:
@@ -138,8 +148,6 @@ class Batch:
         return _State(self._header()["state"])
 
     def __str__(self) -> str:
-        from pprint import pformat
-
         return "<Batch> \n" + pformat({"_api": self.api, "_execution_id": self._execution_id,
                                        "_parallel_count": self.parallel_count},
                                       indent=4, width=1)
@@ -156,12 +164,10 @@ class Batch:
 
     @property
     def _store(self) -> Any:
-        return self._client._executions
+        return self._executions.store
 
     def _header(self) -> dict[str, Any]:
-        from ._engines.executions import effective_header
-
-        return effective_header(self._store, self._id())
+        return self._executions.header(self._id())
 
     def start(self) -> Batch:
         """Start scoring in the background and return at once (idempotent)."""
@@ -169,10 +175,8 @@ class Batch:
             return self
         if self._records is None:
             raise BatchNotStartedError("this Batch has no records to start")
-        from ._engines.executions import submit
-
-        self._execution_id = submit(self._store, self._service._record, self._records,
-                                    self._options, get_engine(self._engine))
+        self._execution_id = self._executions.submit(self._record, self._records,
+                                                     self._options, self._engine)
         self._records = None
         return self
 
@@ -183,28 +187,26 @@ class Batch:
                 show_partial_results = bool(aliases.pop(alias))
         if aliases:
             raise TypeError(f"results() got unexpected keyword argument(s): {', '.join(aliases)}")
-        return BatchResponse(self, self._header(), show_partial_results)
+        return self._response(self._header(), show_partial_results)
+
+    def _response(self, header: dict[str, Any], show_partial_results: bool) -> BatchResponse:
+        return BatchResponse(self._service_api, self._record, self._executions, header,
+                             show_partial_results)
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> BatchResponse:
         """Block until the batch ends (or its owner is found dead); the final response."""
-        from ._engines.executions import TERMINAL, wait_for
-
         if progress:
-            from ._views import wait_with_progress
-
-            header = wait_with_progress(self, timeout)
+            header = wait_with_progress(self._executions, self._id(), timeout)
         else:
-            header = wait_for(self._store, self._id(), timeout)
+            header = self._executions.wait(self._id(), timeout)
         if header["state"] not in TERMINAL:
             raise BatchTimeoutError(f"batch {self._id()} still {header['state']} after "
                                     f"{timeout:g}s")
-        return BatchResponse(self, header, True)
+        return self._response(header, True)
 
     def cancel(self) -> Batch:
         """Cancel: finished rows stay readable; on return no row of it runs or will start."""
-        from ._engines.executions import cancel_execution
-
-        cancel_execution(self._store, self._id())
+        self._executions.cancel(self._id())
         return self
 
     def resume(self, force: bool = False, **options: Any) -> Batch:
@@ -213,29 +215,19 @@ class Batch:
         Runs with the options the batch was started with; keyword arguments
         (``parallel_count``, ``row_timeout``, ...) override them.
         """
-        from ._engines.executions import resume_execution
-
-        resume_execution(self._store, self._client._registry, self._id(), options,
-                         get_engine(self._engine), force=force)
+        self._executions.resume(self._id(), options, self._engine, force=force)
         return self
 
     def retry_failed(self, version: str | None = None, **options: Any) -> Batch:
         """Re-run only the failed rows (optionally on another version of the service)."""
-        from ._engines.executions import retry_failed
-
-        retry_failed(self._store, self._client._registry, self._id(), options,
-                     get_engine(self._engine), version)
+        self._executions.retry_failed(self._id(), options, self._engine, version)
         return self
 
     def delete(self) -> None:
         """Remove a finished execution and its artifacts."""
-        from ._engines.executions import TERMINAL
-
         header = self._header()
         if header["state"] not in TERMINAL or (
                 header.get("interrupted") is None and self._store.owner_alive(self._id())):
-            from ._errors import BatchError
-
             raise BatchError(f"batch {self._id()} is {header['state']}: cancel it before "
                              "deleting")
         self._store.delete(self._id())
@@ -244,11 +236,7 @@ class Batch:
 
     def _reader(self) -> ResultReader:
         """A snapshot of which rows are recorded (outputs are not decoded)."""
-        from ._engines.executions import effective_header
-        from ._store.results import ResultReader
-
-        return ResultReader(self._store, self._id(), effective_header(self._store, self._id()),
-                            [], [])
+        return self._executions.reader(self._id(), self._header(), None)
 
     def _recorded(self, index: Any, reader: ResultReader | None = None) -> int:
         index = _row_index(index)
@@ -334,37 +322,61 @@ def _existing_dir(destination: Any) -> Path:
 def _write_into(dest: Path, name: str, data: bytes) -> Path:
     """Overwrite ``dest/name`` through a temp file and a rename (never via a symlink)."""
     target = dest / name
-    tmp = dest / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)  # replaces a symlink itself, never writes through it
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_with(target, lambda fh: fh.write(data), mode=0o644)
     return target
 
 
 class BatchResponse:
     """A snapshot of a batch: state, counts, and its rows (0-based, input order)."""
 
-    def __init__(self, batch: Batch, header: dict[str, Any], show_partial_results: bool
-                 ) -> None:
-        self._batch = batch
+    def __init__(self, api: str, record: ServiceRecord, executions: Executions,
+                 header: dict[str, Any], show_partial_results: bool) -> None:
+        self._api = api
+        self._record = record
+        self._executions = executions
         self._header = header
         self._partial = show_partial_results
         self._reader: ResultReader | None = None
 
-    api = property(lambda self: self._batch._service.api)
-    execution_id = property(lambda self: self._header["execution_id"])
-    state = property(lambda self: self._header["state"])
-    total_item_count = property(lambda self: int(self._header["total"]))
-    completed_item_count = property(lambda self: int(self._header.get("completed") or 0))
-    failed_item_count = property(lambda self: int(self._header.get("failed") or 0))
-    error = property(lambda self: self._header.get("error") or "")
-    resumable = property(lambda self: bool(self._header.get("resumable")))
+    @property
+    def api(self) -> str:
+        """The service's endpoint, ``/api/{name}/{version}``."""
+        return self._api
+
+    @property
+    def execution_id(self) -> str:
+        """The batch's id: ``service.get_batch(id)`` finds it again, from any process."""
+        return str(self._header["execution_id"])
+
+    @property
+    def state(self) -> str:
+        """``Pending``, ``InProgress``, ``Complete``, ``Failed`` or ``Canceled``."""
+        return str(self._header["state"])
+
+    @property
+    def total_item_count(self) -> int:
+        """The number of input rows."""
+        return int(self._header["total"])
+
+    @property
+    def completed_item_count(self) -> int:
+        """Rows with a recorded result (failed rows included)."""
+        return int(self._header.get("completed") or 0)
+
+    @property
+    def failed_item_count(self) -> int:
+        """Rows whose recorded result is an error."""
+        return int(self._header.get("failed") or 0)
+
+    @property
+    def error(self) -> str:
+        """Why the batch as a whole failed (``''`` unless it did)."""
+        return str(self._header.get("error") or "")
+
+    @property
+    def resumable(self) -> bool:
+        """Whether ``batch.resume()`` can finish the rows left."""
+        return bool(self._header.get("resumable"))
 
     @property
     def header(self) -> dict[str, Any]:
@@ -374,44 +386,26 @@ class BatchResponse:
     @property
     def _rows(self) -> ResultReader:
         if self._reader is None:
-            from ._store.results import ResultReader
-
-            record = self._batch._service._record
-            self._reader = ResultReader(self._batch._store, self.execution_id, self._header,
-                                        record.outputs, record.inputs)
+            self._reader = self._executions.reader(self.execution_id, self._header,
+                                                   self._record)
         return self._reader
 
     def _finished(self) -> bool:
-        return self.state in ("Complete", "Failed", "Canceled")
+        return self.state in TERMINAL
 
     def execution(self, index: int) -> ServiceResponse:
         """Row ``index``'s ServiceResponse; LookupError if it has no recorded result."""
-        from ._service import ServiceResponse, _raw
-
         if not self._partial and not self._finished():
             raise RowNotRecordedError(
                 f"results are shown once the batch has finished (show_partial_results=False); "
                 f"it is {self.state}")
         index = _row_index(index)
         row = self._rows.row(index)
-        record = self._batch._service._record
-        outputs = {} if row.error_type else {
-            n: EncodingType.cast_to_python(e, row.outputs[n]) for n, e in record.outputs}
-        store, eid = self._batch._store, self.execution_id
-        files = store.list_artifacts(eid, index) if record.artifacts else []
-        import base64
-
-        response = {
-            "errorMessage": row.error, "errorType": row.error_type,
-            "traceback": row.traceback, "consoleOutput": row.console,
-            "outputParameters": {k: _raw(v) for k, v in outputs.items()},
-            "_outputs": outputs, "attempts": row.attempts, "history": row.history,
-            "outputFiles": {name: (base64.b64encode(store.read_artifact(eid, index, name))
-                                   .decode("ascii") if name in files else None)
-                            for name in record.artifacts},
-        }
-        return ServiceResponse(self.api, response,
-                               [{"name": n, "type": e.value} for n, e in record.outputs])
+        store, eid = self._executions.store, self.execution_id
+        names = store.list_artifacts(eid, index) if self._record.artifacts else []
+        files = {name: store.read_artifact(eid, index, name) for name in names
+                 if name in self._record.artifacts}
+        return ServiceResponse.from_row(self.api, self._record, row, files)
 
     def to_frame(self) -> Any:
         """One row per recorded input row (input order): input index, outputs, ``error``."""
@@ -429,6 +423,4 @@ class BatchResponse:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        from ._views import batch_html
-
         return batch_html(self)

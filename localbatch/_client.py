@@ -6,14 +6,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._batch import Batch
 from ._definition import RealtimeDefinition, ServiceDefinition
-from ._engines.executions import effective_header
-from ._engines.registry import get_engine
+from ._engines.executions import Executions
+from ._engines.inline import clear_inline_runtimes
 from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
+from ._service import Service
 from ._store.executions import ExecutionStore
 from ._store.fsutil import make_private_dir
-from ._store.registry import Registry, ServiceSpec
-from ._workers.pool import START_METHODS, WORKER_POOL
+from ._store.registry import Registry
+from ._store.revision import ServiceSpec
+from ._workers.pool import WORKER_POOL
+from ._workers.process import START_METHODS
 
 __all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]
 
@@ -83,12 +87,13 @@ class MLServer(Operationalization):
         except OSError as exc:
             raise ConfigurationError(f"cannot create store {self.store_path}: {exc}") from None
         self._registry = Registry(self.store_path)
-        self._executions = ExecutionStore(self.store_path)
         self.engine = engine
-        get_engine(engine)  # fail fast on a bad engine name
         self.start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD", "spawn")
         if self.start_method not in START_METHODS:
             raise ConfigurationError(f"start_method must be one of {START_METHODS}")
+        #: Shared with every Service and Batch of this client (fails fast on a bad engine).
+        self._executions = Executions(ExecutionStore(self.store_path), self._registry, engine,
+                                      self.start_method)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} store={str(self.store_path)!r}>"
@@ -97,11 +102,9 @@ class MLServer(Operationalization):
 
     def get_service(self, name: str, **opts: Any) -> Any:
         """The ``Service`` of ``name`` (``version=None``: the most recently published)."""
-        from ._service import Service
-
         version = opts.pop("version", None)
         _no_extra(opts, "get_service")
-        return Service(self._registry.get(name, version), self)
+        return Service(self._registry.get(name, version), self._executions)
 
     def list_services(self, name: str | None = None, **opts: Any) -> list[dict[str, Any]]:
         """The SDK's metadata dicts of every service, or of one name (and ``version``)."""
@@ -117,8 +120,8 @@ class MLServer(Operationalization):
             raise ValueError("Missing the required parameter `version`: delete_service(name, "
                              "version=...) deletes one version")
         self._registry.get(name, version)
-        keep = {h.get("revision") for h in self._headers() if h.get("service") == name
-                and h.get("version") == version}
+        keep = {h.get("revision") for h in self._executions.headers()
+                if h.get("service") == name and h.get("version") == version}
         return self._registry.delete(name, version, {k for k in keep if k})
 
     def deploy_service(self, name: str, **opts: Any) -> Any:
@@ -142,8 +145,6 @@ class MLServer(Operationalization):
 
     def _publish(self, name: str, opts: dict[str, Any], *, replace: bool,
                  realtime: bool = False) -> Any:
-        from ._service import Service
-
         allowed = _REALTIME_KEYS if realtime else _SPEC_KEYS
         unknown = sorted(set(opts) - allowed)
         if unknown:
@@ -161,7 +162,7 @@ class MLServer(Operationalization):
                 raise ServiceNotFoundError(f"No service found for {name}: deploy it first")
         # The consume method lives on the Service: it may not hide one of its members.
         return Service(self._registry.publish(spec, replace=replace, reserved=dir(Service)),
-                       self)
+                       self._executions)
 
     # session pools of ML Server 9.3: nothing to manage locally -----------------
 
@@ -183,42 +184,26 @@ class MLServer(Operationalization):
 
     # executions (beyond the SDK) --------------------------------------------------
 
-    def _headers(self) -> list[dict[str, Any]]:
-        out = []
-        for execution_id in self._executions.list_ids():
-            try:
-                out.append(effective_header(self._executions, execution_id))
-            except (LookupError, OSError):
-                continue
-        return out
-
     def list_executions(self, name: str | None = None, version: str | None = None
                         ) -> list[dict[str, Any]]:
         """Every execution in the store (newest last), with its effective state."""
-        headers = [h for h in self._headers() if (name is None or h["service"] == name)
-                   and (version is None or h["version"] == version)]
-        return sorted(headers, key=lambda h: h.get("created") or "")
+        return self._executions.listing(name, version)
 
     def get_execution(self, execution_id: str) -> Any:
         """The ``Batch`` of an execution id, without knowing its service."""
-        from ._batch import Batch
-        from ._service import Service
-
-        header = self._executions.read_header(execution_id)
+        header = self._executions.store.read_header(execution_id)
         try:
             record = self._registry.revision(header["service"], header["version"],
                                              header["revision"])
         except ServiceNotFoundError:
             record = self._registry.get(header["service"])
-        return Batch(Service(record, self), execution_id=execution_id)
+        return Batch(Service(record, self._executions), execution_id=execution_id)
 
     def close(self) -> None:
         """Stop this process's idle warm workers now (they also stop at exit).
 
         Inline services loaded in this process are forgotten too.
         """
-        from ._engines.registry import clear_inline_runtimes
-
         WORKER_POOL.close()
         clear_inline_runtimes()
 

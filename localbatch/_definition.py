@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import InvalidServiceError
 
 if TYPE_CHECKING:
-    from ._client import Operationalization
     from ._service import Service
 
-__all__ = ["OperationalizationDefinition", "RealtimeDefinition", "ServiceDefinition"]
+__all__ = ["OperationalizationDefinition", "Publisher", "RealtimeDefinition",
+           "ServiceDefinition"]
+
+
+class Publisher(Protocol):
+    """What a builder's ``deploy()``/``redeploy()`` hand their options to (the client)."""
+
+    def deploy_service(self, name: str, **opts: Any) -> Service: ...
+
+    def redeploy_service(self, name: str, force: bool = False, **opts: Any) -> Service: ...
+
+    def deploy_realtime(self, name: str, **opts: Any) -> Service: ...
+
+    def redeploy_realtime(self, name: str, force: bool = False, **opts: Any) -> Service: ...
 
 
 class OperationalizationDefinition:
@@ -19,7 +31,7 @@ class OperationalizationDefinition:
 
     _keys: tuple[str, ...] = ("version", "alias", "description")
 
-    def __init__(self, name: str, op: Operationalization) -> None:
+    def __init__(self, name: str, op: Publisher) -> None:
         self.name = name
         self.op = op
         self._defs: dict[str, Any] = {k: None for k in self._keys}

@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from localbatch._store.states import ACTIVE
+
 __all__ = ["azureml_local", "localbatch_client"]
 
-_ACTIVE = ("Pending", "InProgress")
 
 
 def _engine(request: pytest.FixtureRequest) -> Any:
@@ -42,7 +43,7 @@ def _stop_store(store: Path) -> None:
         if store.is_dir():
             client = DeployClient(store)
             for header in client.list_executions():
-                if header["state"] in _ACTIVE and header.get("owner_pid") == os.getpid():
+                if header["state"] in ACTIVE and header.get("owner_pid") == os.getpid():
                     client.get_execution(header["execution_id"]).cancel()
     finally:
         WORKER_POOL.close()

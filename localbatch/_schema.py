@@ -27,10 +27,12 @@ import numpy as np
 from ._errors import InvalidServiceError, LocalBatchWarning, SchemaError
 
 __all__ = [
+    "INT64",
     "EncodingType",
     "InputTable",
     "cast_column",
     "cast_value",
+    "check_columns",
     "check_input_name",
     "encoding_of",
     "normalize_records",
@@ -200,7 +202,8 @@ def _cast_float(value: Any, name: str) -> Any:
     raise _fail(EncodingType.numeric, name, value)
 
 
-_INT64 = (-(2**63), 2**63 - 1)
+#: The smallest and largest int64, both included (what an ``integer`` column holds).
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def _cast_int(value: Any, name: str) -> Any:
@@ -209,7 +212,7 @@ def _cast_int(value: Any, name: str) -> Any:
     if isinstance(value, numbers.Integral) or (
             isinstance(value, numbers.Real) and float(value).is_integer()):
         out = int(value)
-        if not _INT64[0] <= out <= _INT64[1]:
+        if not INT64[0] <= out <= INT64[1]:
             raise _fail(EncodingType.integer, name, value, "outside the 64-bit range")
         return out
     raise _fail(EncodingType.integer, name, value)
@@ -389,7 +392,8 @@ def normalize_records(records: Any, inputs: Sequence[tuple[str, EncodingType]]) 
     )
 
 
-def _check_columns(present: Sequence[Any], inputs: Sequence[tuple[str, EncodingType]]) -> None:
+def check_columns(present: Sequence[Any], inputs: Sequence[tuple[str, EncodingType]]) -> None:
+    """The records' column names: no duplicate, and every declared input present."""
     seen: set[Any] = set()
     dups = sorted({str(c) for c in present if c in seen or seen.add(c)})
     if dups:
@@ -411,7 +415,7 @@ def _from_frame(frame: Any, inputs: Sequence[tuple[str, EncodingType]]) -> Input
 
     if isinstance(frame.columns, pd.MultiIndex):
         raise SchemaError("records have MultiIndex columns: flatten them to input names")
-    _check_columns(list(frame.columns), inputs)
+    check_columns(list(frame.columns), inputs)
     if len(frame) == 0:
         raise SchemaError("no records: the input has 0 rows")
     cols = {name: cast_column(enc, frame[name], name) for name, enc in inputs}
@@ -424,7 +428,7 @@ def _from_frame(frame: Any, inputs: Sequence[tuple[str, EncodingType]]) -> Input
 
 def _from_dict(records: Mapping[str, Any], inputs: Sequence[tuple[str, EncodingType]]
                ) -> InputTable:
-    _check_columns(list(records), inputs)
+    check_columns(list(records), inputs)
     lengths = {name: len(records[name]) for name, _ in inputs}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
@@ -451,7 +455,7 @@ def _from_record_list(
         if missing:
             raise SchemaError(f"record {pos} is missing input(s): {', '.join(map(repr, missing))}")
         if not warned and len(rec) > len(names):
-            _check_columns(list(rec), inputs)
+            check_columns(list(rec), inputs)
             warned = True
         for name, enc in inputs:
             try:

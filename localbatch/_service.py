@@ -1,23 +1,25 @@
-"""``Service`` (the dynamic consume object) and ``ServiceResponse``."""
+"""``Service``: the dynamic consume object, its capabilities and its Swagger document."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from pprint import pformat
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ScoringError, ServiceLoadError
+from ._batch import Batch
+from ._errors import ExecutionNotFoundError, ServiceLoadError
+from ._format.chunk import per_row
+from ._responses import ServiceResponse
 from ._schema import EncodingType, cast_value
 
 if TYPE_CHECKING:
-    from ._batch import Batch
-    from ._client import MLServer
+    from ._engines.executions import Executions
     from ._store.registry import ServiceRecord
 
-__all__ = ["Service", "ServiceResponse", "class_name_for", "swagger_document"]
+from ._store.states import ExecutionState
+
+__all__ = ["Service", "class_name_for", "swagger_document"]
 
 _HOST = "http://localhost:12800"
 
@@ -78,7 +80,7 @@ def _make_consume(record: ServiceRecord) -> Any:
 class Service:
     """A published service. ``svc.<operation>(...)`` consumes it, ``svc.batch`` batches it."""
 
-    def __new__(cls, record: ServiceRecord, client: MLServer) -> Service:
+    def __new__(cls, record: ServiceRecord, executions: Executions) -> Service:
         if cls is not Service:
             return super().__new__(cls)
         op = record.operation_id
@@ -86,9 +88,9 @@ class Service:
         sub = type(class_name_for(record.name), (Service,), attrs)
         return super().__new__(sub)
 
-    def __init__(self, record: ServiceRecord, client: MLServer) -> None:
+    def __init__(self, record: ServiceRecord, executions: Executions) -> None:
         self._record = record
-        self._client = client
+        self._executions = executions
         self._service = dict(record.meta())
         self._service["_fn"] = {"name": record.operation_id,
                                 "args": ",".join(["self", *(n for n, _ in record.inputs)])}
@@ -121,13 +123,7 @@ class Service:
         return {name: cast_value(enc, values[name], name) for name, enc in self._record.inputs}
 
     def _consume(self, values: dict[str, Any]) -> ServiceResponse:
-        from ._engines.executions import consume
-        from ._engines.registry import get_engine
-        from ._store.commit import per_row
-
-        payload = consume(self._record, self._cast_inputs(values),
-                          start_method=self._client.start_method,
-                          engine=get_engine(self._client.engine))
+        payload = self._executions.consume(self._record, self._cast_inputs(values))
         error = per_row(payload, "errors")[0]
         if error is not None and error[0] == "ServiceLoadError":
             # The store, not the user's code, is at fault: say so loudly, not as data.
@@ -189,21 +185,15 @@ class Service:
         ``engine`` ('local', 'inline' or a dask Client), ``start_method``,
         ``console_limit`` and ``artifact_limit`` (bytes per row).
         """
-        from ._batch import Batch
-
         if "parallelCount" in options:
             parallel_count = options.pop("parallelCount")
         return Batch(self, records, parallel_count, **options)
 
     def get_batch(self, execution_id: str) -> Batch:
         """The ``Batch`` of an execution of this service version, by id."""
-        from ._batch import Batch
-
         batch = Batch(self, execution_id=execution_id)
-        header = self._client._executions.read_header(execution_id)
+        header = self._executions.store.read_header(execution_id)
         if (header["service"], header["version"]) != (self.name, self.version):
-            from ._errors import ExecutionNotFoundError
-
             raise ExecutionNotFoundError(
                 f"execution {execution_id} belongs to {header['service']} "
                 f"{header['version']}, not {self.name} {self.version}")
@@ -211,7 +201,7 @@ class Service:
 
     def list_batch_executions(self) -> list[str]:
         """Execution ids of this service version, oldest first."""
-        return [h["execution_id"] for h in self._client.list_executions(self.name, self.version)]
+        return [h["execution_id"] for h in self._executions.listing(self.name, self.version)]
 
     get_batch_executions = list_batch_executions
     list_batch_execution = list_batch_executions
@@ -302,8 +292,7 @@ def swagger_document(record: ServiceRecord, api: str) -> str:
             "StartBatchExecutionResponse": {"type": "object", "properties": {
                 "batchExecutionId": {"type": "string"}}},
             "BatchWebServiceResult": {"type": "object", "properties": {
-                "state": {"type": "string", "enum": ["Pending", "InProgress", "Complete",
-                                                     "Failed", "Canceled"]},
+                "state": {"type": "string", "enum": [s.value for s in ExecutionState]},
                 "totalItemCount": {"type": "integer"},
                 "completedItemCount": {"type": "integer"},
                 "batchExecutionResults": {"type": "array", "items": {
@@ -312,128 +301,3 @@ def swagger_document(record: ServiceRecord, api: str) -> str:
     }
     return json.dumps(doc, indent=2)
 
-
-# -- responses ------------------------------------------------------------------------
-
-
-def _raw(value: Any) -> Any:
-    """The JSON-like raw form of an output value, as the SDK's wire carried it."""
-    if value is None:
-        return None
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):
-        return {str(c): value[c].tolist() for c in value.columns}
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
-class ServiceResponse:
-    """One call's (or one batch row's) result, with the SDK's attributes."""
-
-    def __init__(self, api: str, response: dict[str, Any], output_schema: list[dict[str, str]]
-                 ) -> None:
-        self._api = api
-        self._error = response.get("errorMessage") or ""
-        self._console = response.get("consoleOutput") or ""
-        self._raw = response.get("outputParameters") or {}
-        self._artifacts = dict(response.get("outputFiles") or {})
-        self._schema = output_schema
-        self._outputs = response.get("_outputs")
-        self.traceback: str = response.get("traceback") or ""
-        self.error_type: str | None = response.get("errorType")
-        self.attempts: int = int(response.get("attempts") or 1)
-        #: Earlier errors of a row re-run by ``retry_failed`` (oldest first).
-        self.history: list[dict[str, Any]] = list(response.get("history") or [])
-
-    @classmethod
-    def from_payload(cls, api: str, payload: dict[str, Any], record: ServiceRecord
-                     ) -> ServiceResponse:
-        """A response from a worker's row payload (the first row of it)."""
-        from ._format.columns import decode_one
-        from ._store.commit import per_row
-
-        error = per_row(payload, "errors")[0]
-        outputs = {}
-        if payload.get("outputs") is not None and error is None:
-            outputs = {n: EncodingType.cast_to_python(e, decode_one(payload["outputs"][n], 0))
-                       for n, e in record.outputs}
-        files = payload["artifacts"].get(payload["index"][0], {}) or {}
-        return cls(api, {
-            "errorMessage": "" if error is None else (f"{error[0]}: {error[1]}" if error[1]
-                                                      else error[0]),
-            "errorType": None if error is None else error[0],
-            "traceback": None if error is None else error[2],
-            "consoleOutput": per_row(payload, "console")[0] or "",
-            "outputParameters": {k: _raw(v) for k, v in outputs.items()},
-            "_outputs": outputs,
-            "outputFiles": {name: (base64.b64encode(files[name]).decode("ascii")
-                                   if name in files else None) for name in record.artifacts},
-        }, [{"name": n, "type": e.value} for n, e in record.outputs])
-
-    @property
-    def api(self) -> str:
-        """The service's endpoint, ``/api/{name}/{version}``."""
-        return self._api
-
-    @property
-    def error(self) -> str:
-        """``'Type: message'`` of what the code raised, ``''`` on success."""
-        return self._error
-
-    @property
-    def console_output(self) -> str:
-        """What the call printed to stdout and stderr."""
-        return self._console
-
-    @property
-    def raw_outputs(self) -> dict[str, Any]:
-        """The outputs in their JSON-like wire form, as the SDK's ``outputParameters``."""
-        return self._raw
-
-    @property
-    def outputs(self) -> dict[str, Any]:
-        """One entry per declared output, cast to its Python type (None if missing)."""
-        if self._outputs is None:
-            self._outputs = {d["name"]: EncodingType.cast_to_python(d["type"],
-                                                                    self._raw.get(d["name"]))
-                             for d in self._schema}
-        return {d["name"]: self._outputs.get(d["name"]) for d in self._schema}
-
-    def output(self, output_name: str) -> Any:
-        """``outputs.get(output_name)``."""
-        return self.outputs.get(output_name)
-
-    @property
-    def artifacts(self) -> dict[str, str | None]:
-        """``{declared file name: base64 text, or None if the call did not write it}``."""
-        return self._artifacts
-
-    def artifact(self, artifact_name: str, decode: bool = True, encoding: str | None = None
-                 ) -> Any:
-        """A file artifact as bytes (``decode=False``: its base64 text; ``encoding``: str)."""
-        value = self._artifacts.get(artifact_name)
-        if value is None or not decode:
-            return value
-        try:
-            data = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"Artifact b64decode error: {exc}") from None
-        return data.decode(encoding) if encoding else data
-
-    def raise_for_error(self) -> ServiceResponse:
-        """Beyond the SDK: raise the call's error as a ``ScoringError``, else return self."""
-        if self._error:
-            raise ScoringError(self._error, self.traceback)
-        return self
-
-    def __str__(self) -> str:
-        return (f"<ServiceResponse> \n   api: {self._api} \n   error: {self._error}\n"
-                f"   console_output: {self._console}\n   outputs: {self.outputs}\n"
-                f"   raw_outputs: {self._raw}\n   artifacts: {self._artifacts}")
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        from ._views import response_html
-
-        return response_html(self)

@@ -12,11 +12,16 @@ import html
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from ._batch import Batch, BatchResponse
-    from ._service import ServiceResponse
+from ._store.states import TERMINAL, ExecutionState
 
-__all__ = ["batch_html", "elapsed_seconds", "response_html", "wait_with_progress"]
+if TYPE_CHECKING:
+    from ._batch import BatchResponse
+    from ._engines.base import RunHandle
+    from ._engines.executions import Executions
+    from ._responses import ServiceResponse
+
+__all__ = ["batch_html", "elapsed_seconds", "parse_time", "response_html",
+           "wait_with_progress"]
 
 #: Above this many recorded rows a view shows counts only: reading every part
 #: to render five rows would make displaying a response slow.
@@ -35,36 +40,31 @@ def _tqdm_class() -> Any:
     return tqdm
 
 
-def _rows_done(header: dict[str, Any]) -> int:
+def _rows_done(header: dict[str, Any], run: RunHandle | None) -> int:
     """Recorded rows, plus the rows this process's supervisor holds but has not committed.
 
     The header's counters move once per committed part (~2 s); when this process owns
     the batch the bar can count the rows as they come back from the workers.
     """
-    from ._engines.executions import TERMINAL
-    from ._engines.supervisor import RUNNING
-
     done = int(header.get("completed") or 0)
-    supervisor = RUNNING.get(header["execution_id"])
-    if supervisor is not None and header["state"] not in TERMINAL:
-        committer = supervisor.committer
+    committer = run.committer if run is not None else None
+    if committer is not None and header["state"] not in TERMINAL:
         live = int(committer.completed_count) + int(getattr(committer, "buffered_rows", 0))
         done = max(done, min(live, int(header["total"])))
     return done
 
 
-def _show(bar: Any, header: dict[str, Any]) -> None:
+def _show(bar: Any, header: dict[str, Any], shown: str | None, run: RunHandle | None) -> str:
+    """Draw the header on the bar; returns the postfix drawn (a disabled bar keeps none
+    of its own, so the caller remembers it)."""
     postfix = f"failed={int(header.get('failed') or 0)}"
-    if header["state"] != "InProgress":
+    if header["state"] != ExecutionState.IN_PROGRESS:
         postfix += f", {header['state']}"
-    changed = postfix != getattr(bar, "_lb_postfix", None)
-    bar._lb_postfix = postfix  # a disabled bar keeps no postfix of its own
+    changed = postfix != shown
     # The postfix first: update() redraws, and must not draw the new count beside
     # the old state.
     bar.set_postfix_str(postfix, refresh=False)
-    from ._engines.executions import TERMINAL
-
-    done = _rows_done(header)
+    done = _rows_done(header, run)
     if header["state"] not in TERMINAL:
         # Never backwards while running: a commit moves rows from the buffer to the
         # counters in two steps.
@@ -73,54 +73,47 @@ def _show(bar: Any, header: dict[str, Any]) -> None:
         bar.update(done - bar.n)
     elif changed:
         bar.refresh()
+    return postfix
 
 
-def _pause(execution_id: str, seconds: float) -> None:
-    from ._engines.executions import HANDLES
-
-    handle = HANDLES.get(execution_id)
-    if handle is not None:
-        handle.done.wait(seconds)  # wakes at once when this process's run ends
-    else:
-        time.sleep(seconds)
-
-
-def wait_with_progress(batch: Batch, timeout: float | None, *, file: IO[str] | None = None,
-                       disable: bool | None = False) -> dict[str, Any]:
+def wait_with_progress(executions: Executions, execution_id: str, timeout: float | None, *,
+                       file: IO[str] | None = None, disable: bool | None = False
+                       ) -> dict[str, Any]:
     """Poll the batch with a tqdm bar (a widget in Jupyter, a bar in a terminal).
 
     The bar counts recorded rows (rate and ETA from tqdm) and shows the failed
     rows so far. Returns the last header seen: terminal, or whatever it was when
     ``timeout`` ran out. ``disable=None`` hides the bar when ``file`` is not a tty.
     """
-    from ._engines.executions import TERMINAL, effective_header, wait_for
-
-    store, eid = batch._store, batch._id()
-    header = effective_header(store, eid)
+    eid = execution_id
+    header = executions.header(eid)
     deadline = None if timeout is None else time.monotonic() + timeout
     # ``initial``: rows recorded before this wait (a resume) do not inflate the rate.
     with _tqdm_class()(total=int(header["total"]), initial=int(header.get("completed") or 0),
                        unit="row", dynamic_ncols=True, file=file, disable=disable,
                        desc=f"{header['service']} {header['version']}") as bar:
+        shown, run = None, executions.run(eid)
         while True:
-            _show(bar, header)
+            shown = _show(bar, header, shown, run)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if header["state"] in TERMINAL:
                 # The header turns terminal a moment before this process's supervisor
                 # lets go of its workers and lock: wait for that too.
-                header = wait_for(store, eid, left)
-                _show(bar, header)
+                header = executions.wait(eid, left)
+                _show(bar, header, shown, run)
                 return header
             if left == 0.0:
                 return header
-            _pause(eid, _POLL if left is None else min(_POLL, left))
-            header = effective_header(store, eid)
+            # Wakes at once when this process's run ends.
+            executions.pause(eid, _POLL if left is None else min(_POLL, left))
+            header = executions.header(eid)
 
 
 # -- HTML views ----------------------------------------------------------------------
 
 
-def _parse_time(value: Any) -> float | None:
+def parse_time(value: Any) -> float | None:
+    """Seconds since the epoch of a stored ISO timestamp; None if absent or unreadable."""
     if not value:
         return None
     try:
@@ -131,10 +124,10 @@ def _parse_time(value: Any) -> float | None:
 
 def elapsed_seconds(header: dict[str, Any]) -> float | None:
     """Seconds from start to end (to now while running); None before it started."""
-    started = _parse_time(header.get("started"))
+    started = parse_time(header.get("started"))
     if started is None:
         return None
-    ended = _parse_time(header.get("ended"))
+    ended = parse_time(header.get("ended"))
     return max(0.0, (ended if ended is not None else time.time()) - started)
 
 
@@ -165,7 +158,8 @@ def batch_html(resp: BatchResponse, rows: int = 5) -> str:
     h = resp.header
     done, total, failed = (resp.completed_item_count, resp.total_item_count,
                            resp.failed_item_count)
-    state_color = {"Complete": "#080", "Failed": "#b00", "Canceled": "#a60"}.get(resp.state,
+    state_color = {ExecutionState.COMPLETE: "#080", ExecutionState.FAILED: "#b00",
+                   ExecutionState.CANCELED: "#a60"}.get(resp.state,
                                                                                  "#06c")
     parts = [
         "<div class='localbatch-batch'><b>BatchResponse</b> ",

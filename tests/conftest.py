@@ -63,12 +63,12 @@ def _describe(p: psutil.Process) -> str:
 def _reap_processes():
     """No test may leave a worker (or anything it started) running."""
     yield
-    from localbatch._engines.supervisor import RUNNING
+    from localbatch._engines.base import RUNS
     from localbatch._workers.pool import WORKER_POOL
 
     # A batch can read Complete a moment before its supervisor hands workers back.
     deadline = time.monotonic() + 10
-    while RUNNING and time.monotonic() < deadline:
+    while RUNS.live() and time.monotonic() < deadline:
         time.sleep(0.02)
     WORKER_POOL.close()
     deadline = time.monotonic() + 5

@@ -224,10 +224,10 @@ def test_show_partial_results_and_its_aliases(sleeper, tmp_path):
         assert [r.execution(i).outputs["answer"] for i in range(6)] == list(range(6))
 
 
-def test_counts_only_grow_while_polling(add_svc):
+def test_counts_only_grow_while_polling(client, add_svc):
     n = 3000
     # Rows of ~1 ms, so several parts are committed while we poll.
-    slow = add_svc._client.service("ms").version("1").code_fn(scoring_fns.slow) \
+    slow = client.service("ms").version("1").code_fn(scoring_fns.slow) \
         .inputs(a=float, b=float).outputs(answer=float).deploy()
     batch = slow.batch({"a": list(range(n)), "b": [0.001] * n}, parallel_count=2).start()
     seen = []
@@ -498,7 +498,7 @@ def test_unknown_execution_id_is_a_lookup_error(add_svc, store):
     assert proc.stdout.strip() == "ExecutionNotFoundError"
 
 
-def test_an_execution_outlives_the_script_that_started_it(add_svc, store, tmp_path):
+def test_an_execution_outlives_the_script_that_started_it(client, add_svc, store, tmp_path):
     # A plain script, no main guard: it starts a batch and reaches its end at once.
     script = tmp_path / "start_and_leave.py"
     script.write_text(textwrap.dedent(f"""
@@ -522,7 +522,7 @@ def test_an_execution_outlives_the_script_that_started_it(add_svc, store, tmp_pa
     assert state_at_end in ("Pending", "InProgress")
     waited = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(waited) == 1 and "waiting" in waited[0], proc.stderr
-    svc = add_svc._client.get_service("leaver", version="1")
+    svc = client.get_service("leaver", version="1")
     r = svc.get_batch(eid).results()
     assert (r.state, r.completed_item_count, r.failed_item_count) == ("Complete", 20, 0)
     assert [r.execution(i).outputs["answer"] for i in (0, 19)] == [1.0, 39.0]
@@ -571,8 +571,7 @@ def test_execution_ids_are_safe_names(add_svc):
 
 def test_the_workers_a_batch_needs_start_before_its_inputs_are_spooled(add_svc, store):
     from localbatch._engines.base import BatchOptions
-    from localbatch._engines.local import pool_key
-    from localbatch._engines.registry import LocalEngine
+    from localbatch._engines.local import LocalEngine, pool_key
     from localbatch._workers.pool import WORKER_POOL
 
     options = BatchOptions(parallel_count=3)

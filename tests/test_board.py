@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from localbatch._engines.dask import _DaskRun
-from localbatch._engines.local import Supervisor
-from localbatch._workers.runtime import BOARD_ROWS, Board, _RowConsole, running_row
+from localbatch._engines.dask import DaskSupervisor
+from localbatch._engines.local import LocalSupervisor
+from localbatch._workers.board import BOARD_ROWS, Board, running_row
+from localbatch._workers.runtime import _RowConsole
 
 
 def test_the_last_row_started_is_the_running_row() -> None:
@@ -55,7 +56,7 @@ def test_a_chunk_larger_than_a_board_is_refused() -> None:
         Board().begin(1, BOARD_ROWS + 1)
 
 
-@pytest.mark.parametrize("engine", [Supervisor, _DaskRun])
+@pytest.mark.parametrize("engine", [LocalSupervisor, DaskSupervisor])
 def test_no_engine_deals_a_chunk_larger_than_a_board(engine: type) -> None:
     assert max(engine.max_chunk, engine.max_vector_chunk) <= BOARD_ROWS
 

@@ -1,4 +1,4 @@
-"""The columnar codec (``_columns``): every kind round-trips through a part file."""
+"""The columnar codec (``_format``): every kind round-trips through a part file."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 
 from localbatch._format.columns import (
-    Part,
+    Column,
     concat_columns,
     decode_all,
     decode_one,
     encode_column,
-    encode_part,
     kind_for_encoding,
 )
+from localbatch._format.part import Part, encode_part
 
 
 def _through_file(kind: str, values: list) -> list:
@@ -158,7 +158,7 @@ def test_concat_frames_with_different_column_sets():
 
 
 def test_frame_table_is_the_long_table_of_all_values():
-    from localbatch._format.columns import frame_table
+    from localbatch._format.frames import frame_table
 
     values = [pd.DataFrame({"am_Pred": [0.5], "lbl": ["a"]}), None,
               pd.DataFrame({"am_Pred": [1, 2]}),  # the same name with another dtype
@@ -202,9 +202,9 @@ def test_kind_for_every_encoding_type():
 
 
 def _buffers_through_file(arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    data = encode_part({"x": ("float", {}, arrays)}, 0)
+    data = encode_part({"x": Column("float", {}, arrays)}, 0)
     part = Part(bytes(data))
-    return part._header["columns"]["x"]["buffers"], part.column("x")[2]
+    return part._header["columns"]["x"]["buffers"], part.column("x").buffers
 
 
 @pytest.mark.parametrize("value", [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-310, 2.5])

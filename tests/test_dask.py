@@ -127,19 +127,15 @@ def _deploy(client, name, fn, init=None, **kw):
 
 def _recorded_indices(client, execution_id: str) -> np.ndarray:
     """Every row index of every published part (a row recorded twice shows twice)."""
-    store = client._executions
-    parts = [store.read_part(execution_id, name).column("index")[2]["values"]
+    store = client._executions.store
+    parts = [store.read_part(execution_id, name).column("index").buffers["values"]
              for name in store.part_names(execution_id)]
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def _rows(client, execution_id: str):
-    from localbatch._engines.executions import effective_header
-    from localbatch._store.results import ResultReader
-
-    store = client._executions
-    header = effective_header(store, execution_id)
-    return ResultReader(store, execution_id, header, [], [])
+    executions = client._executions
+    return executions.reader(execution_id, executions.header(execution_id), None)
 
 
 def _gone(pid: int) -> bool:
@@ -485,3 +481,26 @@ def test_local_engine_never_imports_dask(tmp_path):
     # engine="dask" with no Client anywhere: the batch fails and says what is missing.
     assert lines[1].startswith("Failed ConfigurationError: engine='dask' needs a "
                                "dask.distributed Client"), out.stderr
+
+
+LIGHT_IMPORTS = textwrap.dedent("""
+    import importlib, sys
+    module, *absent = sys.argv[1:]
+    importlib.import_module(module)
+    print(" ".join(m for m in absent if m in sys.modules) or "-")
+""")
+
+
+@pytest.mark.parametrize("module, absent", [
+    # A Dask worker unpickling run_chunk imports neither the supervisor nor the store.
+    ("localbatch._engines.dask_tasks", ["localbatch._engines.supervisor",
+                                        "localbatch._engines.base", "localbatch._engines.dask",
+                                        "localbatch._store.commit", "distributed"]),
+    # The worker program pulls in no engine, no committer and no pandas.
+    ("localbatch._workers.child", ["localbatch._engines", "localbatch._store.commit",
+                                   "localbatch._workers.process", "pandas"]),
+])
+def test_worker_side_modules_import_only_what_they_need(module, absent):
+    out = subprocess.run([sys.executable, "-c", LIGHT_IMPORTS, module, *absent],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "-", out.stderr

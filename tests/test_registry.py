@@ -16,7 +16,7 @@ from localbatch import (
     ServiceLoadError,
     ServiceNotFoundError,
 )
-from localbatch._store.registry import Registry
+from localbatch._store.registry import Registry, read_blobs
 
 SDK_META_KEYS = {"name", "version", "code", "initCode", "inputParameterDefinitions",
                  "outputParameterDefinitions", "outputFileNames", "operationId", "runtimeType",
@@ -136,7 +136,7 @@ def test_delete_service_requires_a_version(client):
 
 
 def test_delete_keeps_revisions_executions_still_use(store: Path):
-    from localbatch._store.registry import ServiceSpec
+    from localbatch._store.revision import ServiceSpec
 
     reg = Registry(store)
     rec = reg.publish(ServiceSpec(name="keep", version="1", code_str="r = 1"), replace=False)
@@ -203,8 +203,9 @@ def test_blob_hash_is_checked_before_unpickling(client, tmp_path: Path):
     rec = client.service("h").version("1").code_fn(lambda a: a).inputs(a=float).deploy()._record
     marker = tmp_path / "unpickled"
     _plant(rec, "code.pkl", pickle.dumps(_Touch(marker)), fix_hash=False)
+    record = client.get_service("h")._record
     with pytest.raises(ServiceLoadError, match="code.pkl .*does not match its manifest hash"):
-        Registry.read_blobs(client.get_service("h")._record)
+        read_blobs(record.path, record.manifest)
     assert not marker.exists()
 
 
@@ -225,7 +226,8 @@ def test_listing_and_getting_never_unpickle(client, tmp_path: Path):
         str(svc)
     assert not marker.exists()
     # ...while loading does unpickle (so the check above could fail)
-    blobs = Registry.read_blobs(client.get_service("lazy")._record)
+    record = client.get_service("lazy")._record
+    blobs = read_blobs(record.path, record.manifest)
     pickle.loads(blobs["model-m.pkl"])
     assert marker.exists()
 

@@ -39,12 +39,13 @@ def test_progress_counts_only_this_runs_rows_and_honours_timeout(client):
     with pytest.raises(BatchTimeoutError):
         batch.wait(timeout=0.3, progress=True)
     out = io.StringIO()
-    header = wait_with_progress(batch, 0.2, file=out)
+    header = wait_with_progress(batch._executions, batch.execution_id, 0.2, file=out)
     assert header["state"] in ("Pending", "InProgress")  # timed out, still running
     assert "slow 1.0:" in out.getvalue() and "/8" in out.getvalue()
     batch.cancel()
     hidden = io.StringIO()
-    assert wait_with_progress(batch, None, file=hidden, disable=True)["state"] == "Canceled"
+    assert wait_with_progress(batch._executions, batch.execution_id, None, file=hidden,
+                              disable=True)["state"] == "Canceled"
     assert hidden.getvalue() == ""
 
 

@@ -1,5 +1,9 @@
 """``python -m localbatch._cli``."""
 
+from __future__ import annotations
+
+import sys
+
 from . import main
 
-main()
+sys.exit(main())

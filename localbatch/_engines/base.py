@@ -16,15 +16,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._errors import ConfigurationError
-from .._format.columns import decode_all
+from .._format.columns import Column, decode_all
 from .._schema import EncodingType
 from .._store.commit import Committer
 from .._store.executions import ExecutionStore, OwnerLock
 from .._store.registry import ServiceRecord
-from .._workers.pool import START_METHODS
+from .._workers.process import START_METHODS
 
-__all__ = ["BatchOptions", "Chunk", "DoneHandle", "Engine", "RunContext", "RunHandle",
-           "input_chunks"]
+__all__ = ["RUNS", "BatchOptions", "Chunk", "DoneHandle", "Engine", "RunContext", "RunHandle",
+           "Runs", "input_chunks"]
 
 
 @dataclass
@@ -95,12 +95,49 @@ class RunContext:
 
 
 class RunHandle(ABC):
-    """What the facade waits on or cancels."""
+    """One run of an execution by this process: what the facade waits on or cancels."""
 
+    #: The execution's id.
+    id: str
+    #: Set once the run has let go of everything (workers, ownership, log).
     done: threading.Event
+    #: The run's single writer; None for a run that ended before ``run()`` returned.
+    committer: Committer | None = None
 
     @abstractmethod
     def cancel(self, timeout: float | None = None) -> bool: ...
+
+
+class Runs:
+    """The runs this process started (any engine), by execution id.
+
+    A finished run stays listed, so a late ``wait()`` returns at once; ``live()``
+    are the ones still working.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunHandle] = {}
+
+    def add(self, handle: RunHandle) -> None:
+        with self._lock:
+            self._runs[handle.id] = handle
+
+    def get(self, execution_id: str) -> RunHandle | None:
+        return self._runs.get(execution_id)
+
+    def owns(self, execution_id: str) -> bool:
+        """Whether a run of this process is still working on the execution."""
+        handle = self._runs.get(execution_id)
+        return handle is not None and not handle.done.is_set()
+
+    def live(self) -> list[RunHandle]:
+        with self._lock:
+            return [h for h in self._runs.values() if not h.done.is_set()]
+
+
+#: The runs of this process.
+RUNS = Runs()
 
 
 class Engine(ABC):
@@ -123,7 +160,8 @@ class Engine(ABC):
 class DoneHandle(RunHandle):
     """The handle of a run that ended before ``run()`` returned (inline, failed start)."""
 
-    def __init__(self) -> None:
+    def __init__(self, execution_id: str) -> None:
+        self.id = execution_id
         self.done = threading.Event()
         self.done.set()
 
@@ -135,7 +173,7 @@ def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[st
                  recorded: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """Rows without a record, one input part at a time (bounded memory)."""
     for part in store.iter_inputs(execution_id):
-        rows = part.column("row")[2]["values"]
+        rows = part.column("row").buffers["values"]
         keep = np.flatnonzero(~recorded[rows])
         if len(keep) == 0:
             continue
@@ -147,8 +185,8 @@ def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[st
         yield rows[keep], cols
 
 
-def _input_values(column: Any, enc: EncodingType) -> Any:
-    kind, _, bufs = column
+def _input_values(column: Column, enc: EncodingType) -> Any:
+    kind, bufs = column.kind, column.buffers
     if kind in ("float", "int", "bool") and not bufs["mask"].any():
         # Sent to workers as arrays (a memcpy to pickle); they make Python values.
         return bufs["values"]

@@ -2,12 +2,12 @@
 
 ::
 
-    caller process                                     each Dask worker process
-    ──────────────                                     ────────────────────────
+    caller process (this module)                       each Dask worker process (dask_tasks)
+    ────────────────────────────                       ─────────────────────────────────────
     input spool ─chunks─► supervisor thread ─submit─►  run_chunk(spec, rows)
                             ▲     │                         │ leases a localbatch worker
           report (result ───┘     ▼                         ▼ subprocess (init once)
-          or death)          Committer ──► results/     ("chunk") ──► Runtime.run_rows
+          or death)          Committer ──► results/     RunChunk ──► Runtime.run_rows
 
 The service bundle (manifest and hash-verified blobs) is sent by value to each
 Dask worker once (``client.run``) and cached there by its content hash, so
@@ -19,7 +19,7 @@ it unpickles anything. Rows
 never run in a Dask worker's own threads: per-row working directories and
 console capture are process-global, a row may segfault, and Dask cannot kill a
 running task. Each running chunk owns one localbatch worker subprocess
-(``localbatch._workers.pool.WorkerProcess``), kept warm per Dask worker by the bundle's
+(``localbatch._workers.process.WorkerProcess``), kept warm per Dask worker by the bundle's
 content hash, so ``init`` runs once per subprocess, a hung row is killed by
 ``row_timeout`` and a crashing row only takes its subprocess down.
 
@@ -32,43 +32,34 @@ without charging anyone; only a chunk that keeps killing workers (``KilledWorker
 is split into single rows, and a single row that does is charged, then runs alone.
 
 Importing this module does not import Dask; :class:`DaskEngine` does, and
-raises an ``ImportError`` naming ``localbatch[dask]`` when it is missing.
+raises an ``ImportError`` naming ``localbatch[dask]`` when it is missing. The
+tasks' own code is in :mod:`.dask_tasks`, which a Dask worker imports without
+importing this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import signal
-import threading
-import time
 import uuid
 from collections import deque
 from concurrent.futures import CancelledError
 from typing import Any
 
 from .._errors import ConfigurationError, ServiceLoadError
+from .._format.chunk import ChunkResult
 from .._logging import close_execution_logger
 from .._store.commit import now_iso
-from .._store.registry import Registry
-from .._workers.pool import WorkerPool, WorkerProcess, describe_exit
+from .._store.registry import read_blobs
+from .._store.states import ExecutionState
 from .base import Chunk, DoneHandle, Engine, RunContext, RunHandle
-from .supervisor import BatchAborted, SupervisorBase, register_exit_wait
+from .dask_tasks import bundle_hash, close_idle, has_bundle, run_chunk, stop_run, store_bundle
+from .supervisor import BatchAborted, Supervisor, register_exit_wait
 
-__all__ = ["DaskEngine", "close_worker_processes", "run_chunk"]
+__all__ = ["DaskEngine", "DaskSupervisor", "close_worker_processes"]
 
 INSTALL_HINT = 'the Dask engine needs dask.distributed: pip install "localbatch[dask]"'
-#: How often a chunk's task checks for a cancel and for ``row_timeout``.
-TASK_POLL = 0.05
 #: How often the supervisor checks for a cancel while it waits for chunks.
 WAIT_TICK = 0.1
-
-
-# =====================================================================================
-# caller side
-# =====================================================================================
 
 
 class DaskEngine(Engine):
@@ -113,7 +104,7 @@ class DaskEngine(Engine):
             client = self.client
         except ConfigurationError as exc:
             return _fail_before_start(ctx, f"ConfigurationError: {exc}")
-        run = _DaskRun(ctx, client)
+        run = DaskSupervisor(ctx, client)
         run.start()
         return run
 
@@ -127,7 +118,7 @@ def close_worker_processes(client: Any) -> int:
 
     Returns how many were idle; they exit within about a second.
     """
-    stopped = client.run(_close_idle, on_error="ignore")
+    stopped = client.run(close_idle, on_error="ignore")
     return sum(v for v in stopped.values() if isinstance(v, int))
 
 
@@ -150,25 +141,20 @@ def _wait_for_batches_before_dask_exits() -> None:
 def _fail_before_start(ctx: RunContext, error: str) -> RunHandle:
     try:
         ctx.log.error("batch failed: %s", error)
-        ctx.committer.set_state("Failed", error=error, resumable=True, ended=now_iso())
+        ctx.committer.set_state(ExecutionState.FAILED, error=error, resumable=True,
+                                ended=now_iso())
     finally:
         ctx.lock.release()
         close_execution_logger(ctx.log)
-    return DoneHandle()
+    return DoneHandle(ctx.committer.id)
 
 
 def bundle_of(record: Any) -> dict[str, Any]:
     """The service by value: its manifest and its blobs, hash-verified here."""
-    return {"manifest": record.manifest, "blobs": Registry.read_blobs(record)}
+    return {"manifest": record.manifest, "blobs": read_blobs(record.path, record.manifest)}
 
 
-def bundle_hash(manifest: dict[str, Any]) -> str:
-    """A content hash of a bundle (the manifest names every blob's sha256)."""
-    text = json.dumps(manifest, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-class _DaskRun(SupervisorBase):
+class DaskSupervisor(Supervisor):
     """The supervisor of one execution on a Dask cluster (a thread of this process)."""
 
     #: A Dask task costs milliseconds, a local chunk microseconds.
@@ -185,10 +171,9 @@ class _DaskRun(SupervisorBase):
         self._inflight: dict[str, tuple[Any, Chunk]] = {}
         self._suspects: deque[Chunk] = deque()
         self._submitted = 0
-        self._start_deaths = 0
         self._lost = 0
 
-    # lifecycle (see SupervisorBase) -----------------------------------------------
+    # lifecycle (see Supervisor) -----------------------------------------------
 
     def _stop_work(self) -> None:
         """Cancel queued tasks and kill the subprocesses of running ones."""
@@ -199,7 +184,7 @@ class _DaskRun(SupervisorBase):
         with contextlib.suppress(Exception):
             self.client.cancel(futures)
         with contextlib.suppress(Exception):
-            self.client.run(_stop_run, self._token, on_error="ignore")
+            self.client.run(stop_run, self._token, on_error="ignore")
 
     # the loop ----------------------------------------------------------------------
 
@@ -223,7 +208,7 @@ class _DaskRun(SupervisorBase):
                     and not self._inflight):
                 return self._finish()
             self._wait_any(WAIT_TICK)
-            self._collect()
+            self._take_finished()
             self._check_threshold()
             if self.committer.due():
                 self.committer.commit()
@@ -232,10 +217,10 @@ class _DaskRun(SupervisorBase):
         """Cache the bundle on the workers (or one worker) that lack it; how many got it."""
         key = self._spec["key"]
         targets = None if worker is None else [worker]
-        have = self.client.run(_has_bundle, key, workers=targets, on_error="return")
+        have = self.client.run(has_bundle, key, workers=targets, on_error="return")
         lacking = [w for w, ok in have.items() if ok is False]
         if lacking:
-            self.client.run(_store_bundle, key, self._bundle, workers=lacking,
+            self.client.run(store_bundle, key, self._bundle, workers=lacking,
                             on_error="return")
         return len(lacking)
 
@@ -271,13 +256,13 @@ class _DaskRun(SupervisorBase):
         if not futures:
             self._cancel.wait(timeout)
             return
-        # A canceled future raises here; _collect sees it by its status.
+        # A canceled future raises here; _take_finished sees it by its status.
         with contextlib.suppress(TimeoutError, CancelledError):
             wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
 
     # reports -----------------------------------------------------------------------
 
-    def _collect(self) -> None:
+    def _take_finished(self) -> None:
         for key, (future, chunk) in list(self._inflight.items()):
             if not future.done():
                 continue
@@ -329,16 +314,17 @@ class _DaskRun(SupervisorBase):
             raise BatchAborted(f"InitTimeout: init did not return within "
                          f"{self.options.init_timeout:g}s")
         elif kind == "start_died":
-            self._start_deaths += 1
+            # Counted with the deaths that blame no row, against a lower limit of its own.
+            self._unblamed_deaths += 1
             self.log.warning("dask worker %s: subprocess %s while starting", report["worker"],
                              report["why"])
-            if self._start_deaths > self.options.max_attempts:
+            if self._unblamed_deaths > self.options.max_attempts:
                 raise BatchAborted(f"init failed: {report['why']} while starting")
             self._queue.appendleft(chunk)
         else:  # "canceled" without a cancel of ours: a stale flag; run it again
             self._queue.appendleft(chunk)
 
-    def _on_result(self, payload: dict[str, Any]) -> None:
+    def _on_result(self, payload: ChunkResult) -> None:
         n = len(payload["index"])
         if n:
             busy = max(payload["ended"]) - min(payload["started"])
@@ -352,18 +338,9 @@ class _DaskRun(SupervisorBase):
         why = report["why"]
         self.log.warning("dask worker %s: subprocess %d ended: %s (row %s)", report["worker"],
                          report["pid"], why, current[0] if current else "-")
-        skip = None
-        if current is not None and current[0] in chunk.indices:
-            skip = current[0]
-            self._charge_row(chunk, skip, current[1], why, timed_out=report["timed_out"])
-        else:
-            self._start_deaths += 1
-            if self._start_deaths > 3 * self.options.max_attempts * self.options.parallel_count:
-                raise BatchAborted(f"workers keep dying outside any row: {why}", resumable=True)
-        # The rest of the chunk goes again, without using an attempt.
-        keep = [p for p, i in enumerate(chunk.indices) if i != skip]
-        if keep:
-            self._queue.appendleft(self._new_chunk(*chunk.split(keep)))
+        charged = self.on_worker_death([chunk], current, why, timed_out=report["timed_out"])
+        if not charged and self._unblamed_limit_reached():
+            raise BatchAborted(f"workers keep dying outside any row: {why}", resumable=True)
 
     def _on_killed_worker(self, chunk: Chunk, exc: Exception) -> None:
         """A chunk whose Dask workers kept dying (the scheduler's ``allowed-failures``).
@@ -391,214 +368,3 @@ class _DaskRun(SupervisorBase):
             row, "WorkerDied", f"Dask worker processes died running this row "
             f"({type(exc).__name__}); gave up after {attempts} attempts", attempts)
         self._failed_seen += 1
-
-
-# =====================================================================================
-# worker side: runs inside each Dask worker process
-# =====================================================================================
-
-#: Warm localbatch subprocesses of this Dask worker, by (bundle hash, limits).
-_POOL = WorkerPool()
-_LOCK = threading.Lock()
-#: Subprocesses running a chunk, by run token (what a cancel kills).
-_BUSY: dict[str, dict[int, WorkerProcess]] = {}
-#: Run tokens canceled here (monotonic time), so their queued chunks never start.
-_STOPPED: dict[str, float] = {}
-_STOPPED_TTL = 3600.0
-#: Service bundles by content hash, with when each was last used (most recent last).
-_BUNDLES: dict[str, tuple[dict[str, Any], float]] = {}
-BUNDLES_KEPT = 8
-BUNDLE_TTL = 3600.0
-
-
-def _has_bundle(key: str) -> bool:
-    with _LOCK:
-        return key in _BUNDLES
-
-
-def _store_bundle(key: str, bundle: dict[str, Any]) -> bool:
-    """Cache a bundle (``client.run``); older, unused ones make room."""
-    if bundle_hash(bundle["manifest"]) != key:
-        raise ValueError("service bundle does not match its hash")
-    now = time.monotonic()
-    with _LOCK:
-        _BUNDLES.pop(key, None)
-        _BUNDLES[key] = (bundle, now)
-        for old in [k for k, (_, at) in _BUNDLES.items() if now - at > BUNDLE_TTL]:
-            del _BUNDLES[old]
-        while len(_BUNDLES) > BUNDLES_KEPT:
-            del _BUNDLES[next(iter(_BUNDLES))]
-    return True
-
-
-def _bundle(key: str) -> dict[str, Any] | None:
-    with _LOCK:
-        entry = _BUNDLES.pop(key, None)
-        if entry is None:
-            return None
-        _BUNDLES[key] = (entry[0], time.monotonic())
-        return entry[0]
-
-
-def run_chunk(spec: dict[str, Any], chunk_id: int, indices: list[int],
-              columns: dict[str, list[Any]]) -> dict[str, Any]:
-    """The Dask task: run rows in a localbatch subprocess; a report, never a row's exception."""
-    token = spec["run"]
-    worker = _leased(spec)
-    if isinstance(worker, dict):
-        return worker
-    ok = False
-    try:
-        report = _score(worker, spec, chunk_id, indices, columns)
-        ok = report["kind"] == "result"
-        return report
-    finally:
-        _unregister(token, worker)
-        if ok:
-            _POOL.give_back([worker])
-        else:
-            worker.kill()
-
-
-def _worker_address() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"pid {os.getpid()}"
-
-
-def _canceled(token: str) -> bool:
-    with _LOCK:
-        return token in _STOPPED
-
-
-def _leased(spec: dict[str, Any]) -> WorkerProcess | dict[str, Any]:
-    """A ready subprocess for this bundle, registered as busy for this run, or a report."""
-    key = (spec["key"], tuple(sorted(spec["limits"].items())))
-    taken = _POOL.take_idle(key, 1)
-    bundle = None if taken else _bundle(spec["key"])
-    if not taken and bundle is None:
-        return {"kind": "need_bundle", "worker": _worker_address()}
-    worker = taken[0] if taken else WorkerProcess(key, "spawn")
-    with _LOCK:
-        if spec["run"] in _STOPPED:
-            canceled = True
-        else:
-            canceled = False
-            _BUSY.setdefault(spec["run"], {})[id(worker)] = worker
-    if canceled:
-        if taken:
-            _POOL.give_back([worker])
-        return {"kind": "canceled"}
-    if taken:
-        return worker
-    report: dict[str, Any] | None = {"kind": "start_died", "why": "could not start",
-                                     "worker": _worker_address()}
-    try:
-        assert bundle is not None
-        report = _start(worker, bundle, spec)
-    finally:
-        if report is not None:
-            _unregister(spec["run"], worker)
-            worker.kill()
-    return worker if report is None else report
-
-
-def _unregister(token: str, worker: WorkerProcess) -> None:
-    with _LOCK:
-        busy = _BUSY.get(token, {})
-        busy.pop(id(worker), None)
-        if not busy:
-            _BUSY.pop(token, None)
-
-
-def _start(worker: WorkerProcess, bundle: dict[str, Any], spec: dict[str, Any]
-           ) -> dict[str, Any] | None:
-    """Start a subprocess and wait for its ``init``; None when it is ready."""
-    worker.start({"manifest": bundle["manifest"], "blobs": bundle["blobs"]},
-                 spec["limits"] or None)
-    assert worker.conn is not None
-    deadline = time.monotonic() + (spec["init_timeout"] or float("inf"))
-    while not worker.conn.poll(TASK_POLL):
-        if _canceled(spec["run"]):
-            return {"kind": "canceled"}
-        if time.monotonic() > deadline:
-            return {"kind": "init_timeout"}
-    try:
-        msg = worker.recv()
-    except (EOFError, OSError):
-        worker.kill()
-        if _canceled(spec["run"]):
-            return {"kind": "canceled"}
-        return {"kind": "start_died", "why": describe_exit(worker.exitcode),
-                "worker": _worker_address()}
-    if msg[0] == "init_error":
-        return {"kind": "init_error", "error": msg[2], "console": msg[3]}
-    worker.ready = True
-    return None
-
-
-def _score(worker: WorkerProcess, spec: dict[str, Any], chunk_id: int, indices: list[int],
-           columns: dict[str, list[Any]]) -> dict[str, Any]:
-    """Send one chunk and wait for its result, a death, a timeout or a cancel."""
-    limit = spec["row_timeout"]
-    try:
-        worker.send(("chunk", chunk_id, indices, columns))
-        assert worker.conn is not None
-        while True:
-            if worker.conn.poll(TASK_POLL):
-                msg = worker.recv()
-                if msg[0] == "result" and msg[1] == chunk_id:
-                    return {"kind": "result", "payload": msg[2]}
-                continue
-            if _canceled(spec["run"]):
-                return {"kind": "canceled"}
-            current = worker.current_row()
-            if limit and current and time.time() - current[1] > limit:
-                why = f"row {current[0]} exceeded row_timeout={limit:g}s"
-                return _death(worker, current, why, timed_out=True)
-    except (EOFError, OSError):
-        current = worker.current_row()
-        worker.kill()
-        if _canceled(spec["run"]):
-            return {"kind": "canceled"}
-        return _death(worker, current, describe_exit(worker.exitcode), timed_out=False)
-
-
-def _death(worker: WorkerProcess, current: tuple[int, float] | None, why: str, *,
-           timed_out: bool) -> dict[str, Any]:
-    worker.kill()  # also the processes the row started (its own process group)
-    return {"kind": "died", "row": current, "why": why, "timed_out": timed_out,
-            "pid": worker.pid, "worker": _worker_address()}
-
-
-def _stop_run(token: str) -> int:
-    """Cancel a run on this Dask worker (via ``client.run``, on its event loop: no waiting)."""
-    now = time.monotonic()
-    with _LOCK:
-        for old in [t for t, at in _STOPPED.items() if now - at > _STOPPED_TTL]:
-            del _STOPPED[old]
-        _STOPPED[token] = now
-        busy = list(_BUSY.get(token, {}).values())
-    for w in busy:
-        if w.pid and not w.dead:
-            # The task's thread sees the connection end, reaps it and reports "canceled".
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(w.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(w.pid, signal.SIGKILL)
-    return len(busy)
-
-
-def _close_idle() -> int:
-    """Stop this Dask worker's idle subprocesses (``close_worker_processes``).
-
-    On a thread: ``client.run`` calls this on the worker's event loop, which must
-    not wait for processes to exit.
-    """
-    n = _POOL.idle_count()
-    if n:
-        threading.Thread(target=_POOL.close, name="localbatch-close-idle", daemon=True).start()
-    return n

@@ -1,250 +1,302 @@
-"""Engine-level operations on executions, called by the facade.
+"""Operations on the executions of one store: the object the facade and the CLI share.
 
-Submitting (spool, publish, run), reading the effective state (a dead owner
-reads as ``Failed``/``Interrupted``, never ``InProgress``), cancel from any
-process, ``resume`` and ``retry_failed``, and request-response ``consume``.
+``Executions`` submits (spool, publish, run), reads the effective state (a dead
+owner reads as ``Failed``/``Interrupted``, never ``InProgress``), waits, cancels
+from any process, ``resume``s and ``retry_failed``s. A client owns one and hands
+it to its services and batches; the command line opens one on a store path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from .._errors import (
-    BatchError,
-    ResumeError,
-    SchemaError,
-    StoreError,
-)
+from .._errors import BatchError, ResumeError, SchemaError, StoreError
 from .._logging import close_execution_logger, execution_logger
 from .._schema import InputTable
 from .._store.commit import Committer, history_entry, now_iso
-from .._store.executions import ACTIVE, ExecutionStore, OwnerLock
+from .._store.executions import ExecutionStore, OwnerLock
+from .._store.fsutil import unlink_if_present
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
 from .._store.spool import CsvSource, spool_csv, spool_table
-from .._workers.pool import WORKER_POOL, WorkerProcess, describe_exit
-from .base import BatchOptions, Engine, RunContext, RunHandle
-from .registry import inline_runtime
-from .supervisor import RUNNING
+from .._store.states import ACTIVE, TERMINAL, ExecutionState, resumes_only_forced
+from .base import RUNS, BatchOptions, Engine, RunContext, RunHandle
+from .consume import consume
+from .registry import get_engine
 
-__all__ = [
-    "HANDLES",
-    "cancel_execution",
-    "consume",
-    "effective_header",
-    "resume_execution",
-    "retry_failed",
-    "submit",
-]
-
-#: Run handles of executions started by this process.
-HANDLES: dict[str, RunHandle] = {}
-TERMINAL = ("Complete", "Failed", "Canceled")
+__all__ = ["Executions", "TERMINAL", "stored_options"]
 
 
-def submit(store: ExecutionStore, record: ServiceRecord, source: InputTable | CsvSource,
-           options: BatchOptions, engine: Engine) -> str:
-    """Spool the inputs, publish the execution and start it; returns its id."""
-    execution_id = store.new_id()
-    staging = store.staging(execution_id)
-    engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
-    try:
-        if isinstance(source, CsvSource):
-            total = spool_csv(source, staging / "inputs")
-        else:
-            total = spool_table(source, record.inputs, staging / "inputs")
-    except BaseException:
-        store.discard_staging(staging)
-        raise
-    header = {
-        "execution_id": execution_id,
-        "service": record.name,
-        "version": record.version,
-        "revision": record.revision,
-        "total": total,
-        "parallel_count": options.parallel_count,
-        "engine": engine.name,
-        "options": options.to_json(),
-        "state": "Pending",
-        "completed": 0,
-        "failed": 0,
-        "error": None,
-        "resumable": False,
-        "created": now_iso(),
-        "started": None,
-        "ended": None,
-        "owner_pid": os.getpid(),
-    }
-    lock = store.publish(staging, header)
-    _run(store, record, header, lock, options, engine, load=False)
-    return execution_id
 
+class Executions:
+    """The executions of one store, run with a default engine and start method."""
 
-def _run(store: ExecutionStore, record: ServiceRecord, header: dict[str, Any], lock: OwnerLock,
-         options: BatchOptions, engine: Engine, *, load: bool,
-         history: dict[int, str] | None = None) -> Committer:
-    execution_id = header["execution_id"]
-    log = execution_logger(store.path(execution_id), execution_id)
-    committer = Committer(store, execution_id, header, record.outputs, log)
-    if load:
-        committer.load_recorded()
-    if history is not None:
-        rows = list(history)
-        committer.recorded[rows] = False
-        committer.completed_count -= len(rows)
-        committer.failed_count -= int(committer.failed[rows].sum())
-        committer.failed[rows] = False
-        committer.history = history
-    log.info("execution %s: %s %s, %d rows, engine %s, parallel_count %d", execution_id,
-             record.name, record.version, header["total"], engine.name, options.parallel_count)
-    ctx = RunContext(store, record, committer, lock, options, log)
-    try:
-        HANDLES[execution_id] = engine.run(ctx)
-    except BaseException as exc:
-        # An engine that cannot even start must not leave the execution owned.
-        with contextlib.suppress(StoreError):
-            committer.set_state("Failed", error=f"{type(exc).__name__}: {exc}",
-                                resumable=True, ended=now_iso())
-        lock.release()
-        close_execution_logger(log)
-        raise
-    return committer
+    def __init__(self, store: ExecutionStore, registry: Registry, engine: Any = None,
+                 start_method: str = "spawn") -> None:
+        self.store = store
+        self.registry = registry
+        #: The engine a batch runs on unless it names its own (resolved once).
+        self.engine = get_engine(engine)
+        self.start_method = start_method
 
+    @classmethod
+    def open(cls, path: Path) -> Executions:
+        """The executions of the store at ``path`` (the command line's way in)."""
+        return cls(ExecutionStore(path), Registry(path))
 
-def effective_header(store: ExecutionStore, execution_id: str) -> dict[str, Any]:
-    """The header as readers must see it: a dead owner never reads as running."""
-    header = store.read_header(execution_id)
-    if header["state"] in ACTIVE and not store.owner_alive(execution_id):
-        header = store.read_header(execution_id)  # the owner may have just finished
-        if header["state"] in ACTIVE:
-            header.update(state="Failed", resumable=True, interrupted=True,
-                          error=f"Interrupted: owner pid {header.get('owner_pid')} died; "
-                                "resume()")
-    return header
+    # reading -------------------------------------------------------------------------
 
+    def header(self, execution_id: str) -> dict[str, Any]:
+        """The header as readers must see it: a dead owner never reads as running."""
+        store = self.store
+        header = store.read_header(execution_id)
+        if header["state"] in ACTIVE and not store.owner_alive(execution_id):
+            header = store.read_header(execution_id)  # the owner may have just finished
+            if header["state"] in ACTIVE:
+                header.update(state=ExecutionState.FAILED, resumable=True, interrupted=True,
+                              error=f"Interrupted: owner pid {header.get('owner_pid')} died; "
+                                    "resume()")
+        return header
 
-def wait_for(store: ExecutionStore, execution_id: str, timeout: float | None) -> dict[str, Any]:
-    """Block until the execution ends or its owner is found dead."""
-    handle = HANDLES.get(execution_id)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        if handle is not None and handle.done.is_set():
-            return effective_header(store, execution_id)
-        header = effective_header(store, execution_id)
-        if header["state"] in TERMINAL and execution_id not in RUNNING:
-            return header
-        if deadline is not None and time.monotonic() >= deadline:
-            return header
+    def headers(self) -> list[dict[str, Any]]:
+        """Every readable execution's effective header (unreadable ones are skipped)."""
+        out = []
+        for execution_id in self.store.list_ids():
+            try:
+                out.append(self.header(execution_id))
+            except (LookupError, OSError):
+                continue
+        return out
+
+    def listing(self, name: str | None = None, version: str | None = None
+             ) -> list[dict[str, Any]]:
+        """The executions of a service (and version), or all of them; oldest first."""
+        headers = [h for h in self.headers() if (name is None or h["service"] == name)
+                   and (version is None or h["version"] == version)]
+        return sorted(headers, key=lambda h: h.get("created") or "")
+
+    def reader(self, execution_id: str, header: dict[str, Any], record: ServiceRecord | None
+               ) -> ResultReader:
+        """The recorded rows of an execution (``record=None``: which rows, no values)."""
+        if record is None:
+            return ResultReader(self.store, execution_id, header, [], [])
+        return ResultReader(self.store, execution_id, header, record.outputs, record.inputs)
+
+    def run(self, execution_id: str) -> RunHandle | None:
+        """This process's run of the execution (running or ended), if it started one."""
+        return RUNS.get(execution_id)
+
+    def owns(self, execution_id: str) -> bool:
+        """Whether a run of this process is still working on the execution."""
+        return RUNS.owns(execution_id)
+
+    def wait(self, execution_id: str, timeout: float | None) -> dict[str, Any]:
+        """Block until the execution ends or its owner is found dead."""
+        handle = RUNS.get(execution_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            if handle is not None and handle.done.is_set():
+                return self.header(execution_id)
+            header = self.header(execution_id)
+            if header["state"] in TERMINAL and not RUNS.owns(execution_id):
+                return header
+            if deadline is not None and time.monotonic() >= deadline:
+                return header
+            if handle is not None:
+                handle.done.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(0.1, delay * 1.5)
+
+    def pause(self, execution_id: str, seconds: float) -> None:
+        """Sleep, waking at once when this process's run of the execution ends."""
+        handle = RUNS.get(execution_id)
         if handle is not None:
-            handle.done.wait(delay)
+            handle.done.wait(seconds)
         else:
-            time.sleep(delay)
-        delay = min(0.1, delay * 1.5)
+            time.sleep(seconds)
 
+    # running -------------------------------------------------------------------------
 
-def cancel_execution(store: ExecutionStore, execution_id: str, timeout: float = 60.0) -> None:
-    handle = HANDLES.get(execution_id)
-    if execution_id in RUNNING and handle is not None:
-        if not handle.cancel(timeout):
-            raise BatchError(f"cancel of {execution_id} not acknowledged within {timeout:g}s")
-        return
-    header = effective_header(store, execution_id)
-    if header["state"] in ("Complete", "Canceled") or (
-            header["state"] == "Failed" and not header.get("interrupted")):
-        return
-    if not header.get("interrupted"):
-        store.request_cancel(execution_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            header = effective_header(store, execution_id)
-            if header["state"] in TERMINAL and not header.get("interrupted"):
-                return
-            if header.get("interrupted"):
-                break
-            time.sleep(0.05)
-        else:
-            raise BatchError(f"the owner of {execution_id} did not acknowledge the cancel "
-                             f"within {timeout:g}s")
-    _mark_orphan_canceled(store, execution_id)
+    def submit(self, record: ServiceRecord, source: InputTable | CsvSource,
+               options: BatchOptions, engine: Engine | None = None) -> str:
+        """Spool the inputs, publish the execution and start it; returns its id."""
+        engine = engine or self.engine
+        store = self.store
+        execution_id = store.new_id()
+        staging = store.staging(execution_id)
+        engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
+        try:
+            if isinstance(source, CsvSource):
+                total = spool_csv(source, staging / "inputs")
+            else:
+                total = spool_table(source, record.inputs, staging / "inputs")
+        except BaseException:
+            store.discard_staging(staging)
+            raise
+        header = {
+            "execution_id": execution_id,
+            "service": record.name,
+            "version": record.version,
+            "revision": record.revision,
+            "total": total,
+            "parallel_count": options.parallel_count,
+            "engine": engine.name,
+            "options": options.to_json(),
+            "state": ExecutionState.PENDING,
+            "completed": 0,
+            "failed": 0,
+            "error": None,
+            "resumable": False,
+            "created": now_iso(),
+            "started": None,
+            "ended": None,
+            "owner_pid": os.getpid(),
+        }
+        lock = store.publish(staging, header)
+        self._run(record, header, lock, options, engine, load=False)
+        return execution_id
 
-
-def _mark_orphan_canceled(store: ExecutionStore, execution_id: str) -> None:
-    lock = store.take_ownership(execution_id)
-    if lock is None:
-        raise BatchError(f"{execution_id} has a new owner: cancel it again")
-    try:
-        header = store.read_header(execution_id)
-        if header["state"] in ACTIVE:
-            header.update(state="Canceled", resumable=False, ended=now_iso(),
-                          error="Canceled after its owner died")
-            store.write_header(execution_id, header)
-    finally:
-        lock.release()
-
-
-def _take(store: ExecutionStore, execution_id: str) -> tuple[OwnerLock, dict[str, Any]]:
-    lock = store.take_ownership(execution_id)
-    if lock is None:
-        header = store.read_header(execution_id)
-        raise ResumeError(f"execution {execution_id} is running (owner pid "
-                          f"{header.get('owner_pid')}): it cannot be resumed now")
-    return lock, store.read_header(execution_id)
-
-
-def stored_options(header: dict[str, Any], overrides: dict[str, Any]) -> BatchOptions:
-    """The options an execution was started with, with the caller's overrides on top."""
-    saved = dict(header.get("options") or {})
-    saved["parallel_count"] = header.get("parallel_count", 10)
-    saved.update(overrides)
-    return BatchOptions(**saved).validate()
-
-
-def resume_execution(store: ExecutionStore, registry: Registry, execution_id: str,
-                     overrides: dict[str, Any], engine: Engine, *, force: bool) -> None:
-    lock, header = _take(store, execution_id)
-    try:
-        options = stored_options(header, overrides)
-        state = header["state"]
-        if state == "Complete":
+    def _run(self, record: ServiceRecord, header: dict[str, Any], lock: OwnerLock,
+             options: BatchOptions, engine: Engine, *, load: bool,
+             history: dict[int, str] | None = None) -> None:
+        store = self.store
+        execution_id = header["execution_id"]
+        log = execution_logger(store.path(execution_id), execution_id)
+        committer = Committer(store, execution_id, header, record.outputs, log)
+        if load:
+            committer.load_recorded()
+        if history is not None:
+            committer.reopen(history)
+        log.info("execution %s: %s %s, %d rows, engine %s, parallel_count %d", execution_id,
+                 record.name, record.version, header["total"], engine.name,
+                 options.parallel_count)
+        ctx = RunContext(store, record, committer, lock, options, log)
+        try:
+            RUNS.add(engine.run(ctx))
+        except BaseException as exc:
+            # An engine that cannot even start must not leave the execution owned.
+            with contextlib.suppress(StoreError):
+                committer.set_state(ExecutionState.FAILED, error=f"{type(exc).__name__}: {exc}",
+                                    resumable=True, ended=now_iso())
             lock.release()
+            close_execution_logger(log)
+            raise
+
+    def cancel(self, execution_id: str, timeout: float = 60.0) -> None:
+        """Cancel from any process; on return no row of it runs or will start."""
+        handle = RUNS.get(execution_id)
+        if handle is not None and RUNS.owns(execution_id):
+            if not handle.cancel(timeout):
+                raise BatchError(f"cancel of {execution_id} not acknowledged within "
+                                 f"{timeout:g}s")
             return
-        if not force and (state == "Canceled" or (state == "Failed"
-                                                  and not header.get("resumable"))):
-            raise ResumeError(f"execution {execution_id} is {state} "
-                              f"({header.get('error') or 'by request'}): resume(force=True) "
-                              "runs its remaining rows anyway")
-        record = registry.revision(header["service"], header["version"], header["revision"])
-        with_suppress_unlink(store.path(execution_id) / "cancel")
-        header.update(state="Pending", error=None, resumable=False, ended=None,
-                      owner_pid=os.getpid(), resumed=int(header.get("resumed", 0)) + 1)
-        store.write_header(execution_id, header)
-        _run(store, record, header, lock, options, engine, load=True)
-    except BaseException:
-        lock.release()
-        raise
+        header = self.header(execution_id)
+        if header["state"] in (ExecutionState.COMPLETE, ExecutionState.CANCELED) or (
+                header["state"] == ExecutionState.FAILED and not header.get("interrupted")):
+            return
+        if not header.get("interrupted"):
+            self.store.request_cancel(execution_id)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                header = self.header(execution_id)
+                if header["state"] in TERMINAL and not header.get("interrupted"):
+                    return
+                if header.get("interrupted"):
+                    break
+                time.sleep(0.05)
+            else:
+                raise BatchError(f"the owner of {execution_id} did not acknowledge the "
+                                 f"cancel within {timeout:g}s")
+        self._mark_orphan_canceled(execution_id)
 
+    def _mark_orphan_canceled(self, execution_id: str) -> None:
+        lock = self.store.take_ownership(execution_id)
+        if lock is None:
+            raise BatchError(f"{execution_id} has a new owner: cancel it again")
+        try:
+            header = self.store.read_header(execution_id)
+            if header["state"] in ACTIVE:
+                header.update(state=ExecutionState.CANCELED, resumable=False, ended=now_iso(),
+                              error="Canceled after its owner died")
+                self.store.write_header(execution_id, header)
+        finally:
+            lock.release()
 
-def retry_failed(store: ExecutionStore, registry: Registry, execution_id: str,
-                 overrides: dict[str, Any], engine: Engine, version: str | None) -> int:
-    """Re-run only the rows whose recorded result is an error; returns how many."""
-    lock, header = _take(store, execution_id)
-    try:
-        options = stored_options(header, overrides)
-        if header["state"] in ACTIVE:
-            raise ResumeError(f"execution {execution_id} was interrupted: resume() it first")
+    def _take(self, execution_id: str) -> tuple[OwnerLock, dict[str, Any]]:
+        lock = self.store.take_ownership(execution_id)
+        if lock is None:
+            header = self.store.read_header(execution_id)
+            raise ResumeError(f"execution {execution_id} is running (owner pid "
+                              f"{header.get('owner_pid')}): it cannot be resumed now")
+        return lock, self.store.read_header(execution_id)
+
+    def resume(self, execution_id: str, overrides: dict[str, Any],
+               engine: Engine | None = None, *, force: bool = False) -> None:
+        """Run the rows without a record, with the stored options under ``overrides``."""
+        lock, header = self._take(execution_id)
+        try:
+            options = stored_options(header, overrides)
+            state = header["state"]
+            if state == ExecutionState.COMPLETE:
+                lock.release()
+                return
+            if not force and resumes_only_forced(header):
+                raise ResumeError(f"execution {execution_id} is {state} "
+                                  f"({header.get('error') or 'by request'}): "
+                                  "resume(force=True) runs its remaining rows anyway")
+            record = self.registry.revision(header["service"], header["version"],
+                                            header["revision"])
+            unlink_if_present(self.store.path(execution_id) / "cancel")
+            header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
+                          owner_pid=os.getpid(), resumed=int(header.get("resumed", 0)) + 1)
+            self.store.write_header(execution_id, header)
+            self._run(record, header, lock, options, engine or self.engine, load=True)
+        except BaseException:
+            lock.release()
+            raise
+
+    def retry_failed(self, execution_id: str, overrides: dict[str, Any],
+                     engine: Engine | None = None, version: str | None = None) -> int:
+        """Re-run only the rows whose recorded result is an error; returns how many."""
+        lock, header = self._take(execution_id)
+        try:
+            options = stored_options(header, overrides)
+            if header["state"] in ACTIVE:
+                raise ResumeError(f"execution {execution_id} was interrupted: resume() it "
+                                  "first")
+            record = self._retry_record(header, version)
+            history = self._failed_history(execution_id, header, record)
+            if not history:
+                lock.release()
+                return 0
+            header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
+                          owner_pid=os.getpid(), retried_with=record.version)
+            self.store.write_header(execution_id, header)
+            self._run(record, header, lock, options, engine or self.engine, load=True,
+                      history=history)
+            return len(history)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _retry_record(self, header: dict[str, Any], version: str | None) -> ServiceRecord:
+        ran = self.registry.revision(header["service"], header["version"], header["revision"])
         if version is None:
-            record = registry.revision(header["service"], header["version"], header["revision"])
-        else:
-            record = registry.get(header["service"], version)
-            _check_compatible(registry.revision(header["service"], header["version"],
-                                                header["revision"]), record)
-        reader = ResultReader(store, execution_id, header, record.outputs, record.inputs)
+            return ran
+        record = self.registry.get(header["service"], version)
+        _check_compatible(ran, record)
+        return record
+
+    def _failed_history(self, execution_id: str, header: dict[str, Any],
+                        record: ServiceRecord) -> dict[int, str]:
+        """The failed rows, each with its history entry; every row must have run."""
+        reader = self.reader(execution_id, header, record)
         never_ran = int(header["total"]) - int((reader.row_map.part_of >= 0).sum())
         if never_ran:
             raise ResumeError(f"execution {execution_id} has {never_ran} rows that never ran: "
@@ -255,19 +307,22 @@ def retry_failed(store: ExecutionStore, registry: Registry, execution_id: str,
             if reader.recorded(index):
                 row = reader.row(index)
                 if row.error_type is not None:
-                    history[index] = history_entry(row.history, row.error,
-                                                   header["version"])
-        if not history:
-            lock.release()
-            return 0
-        header.update(state="Pending", error=None, resumable=False, ended=None,
-                      owner_pid=os.getpid(), retried_with=record.version)
-        store.write_header(execution_id, header)
-        _run(store, record, header, lock, options, engine, load=True, history=history)
-        return len(history)
-    except BaseException:
-        lock.release()
-        raise
+                    history[index] = history_entry(row.history, row.error, header["version"])
+        return history
+
+    # request-response ---------------------------------------------------------------
+
+    def consume(self, record: ServiceRecord, values: dict[str, Any]) -> dict[str, Any]:
+        """One call of a service in a warm worker (here, for an inline engine)."""
+        return consume(record, values, start_method=self.start_method, engine=self.engine)
+
+
+def stored_options(header: dict[str, Any], overrides: dict[str, Any]) -> BatchOptions:
+    """The options an execution was started with, with the caller's overrides on top."""
+    saved = dict(header.get("options") or {})
+    saved["parallel_count"] = header.get("parallel_count", 10)
+    saved.update(overrides)
+    return BatchOptions(**saved).validate()
 
 
 def _check_compatible(old: ServiceRecord, new: ServiceRecord) -> None:
@@ -275,93 +330,3 @@ def _check_compatible(old: ServiceRecord, new: ServiceRecord) -> None:
             [n for n, _ in old.outputs] != [n for n, _ in new.outputs]:
         raise SchemaError(f"version {new.version} of {new.name} has other inputs/outputs "
                           f"than version {old.version}: retry_failed needs the same schema")
-
-
-def with_suppress_unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StoreError(exc.errno, f"cannot clear {path}: {exc}") from exc
-
-
-# -- request-response ----------------------------------------------------------------
-
-
-def consume(record: ServiceRecord, values: dict[str, Any], *, start_method: str = "spawn",
-            init_timeout: float = 300.0, timeout: float | None = None,
-            engine: Engine | None = None) -> dict[str, Any]:
-    """Run one call in a warm worker of the service; returns the worker's row payload.
-
-    With an engine that does not isolate rows (``inline``) the call runs here.
-    """
-    if engine is not None and not engine.isolates_rows:
-        return _consume_inline(record, values)
-    key = (str(record.path), start_method, ())
-    taken = WORKER_POOL.take_idle(key, 1)
-    if taken:
-        worker: WorkerProcess | dict[str, Any] = taken[0]
-    else:
-        worker = WorkerProcess(key, start_method)
-        worker.start({"path": str(record.path)}, None)
-    if not worker.ready:
-        worker = _await_ready(worker, init_timeout)
-    if isinstance(worker, dict):
-        return worker
-    try:
-        worker.send(("chunk", 0, [0], {k: [v] for k, v in values.items()}))
-        if not worker.conn or not worker.conn.poll(timeout):
-            raise TimeoutError
-        msg = worker.recv()
-    except TimeoutError:
-        worker.kill()
-        return _failed_call("Timeout", f"call exceeded {timeout:g}s", worker.pid)
-    except (EOFError, OSError):
-        worker.kill()
-        return _failed_call("WorkerDied", describe_exit(worker.exitcode), worker.pid)
-    WORKER_POOL.give_back([worker])
-    return dict(msg[2])
-
-
-def _consume_inline(record: ServiceRecord, values: dict[str, Any]) -> dict[str, Any]:
-    try:
-        runtime = inline_runtime(record, {})
-    except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error too
-        payload = _failed_call(type(exc).__name__, f"init failed: {exc}", os.getpid())
-        return payload
-    return runtime.run_rows([0], {k: [v] for k, v in values.items()})
-
-
-def _await_ready(worker: WorkerProcess, init_timeout: float) -> WorkerProcess | dict[str, Any]:
-    """Wait for a starting worker's init; a failure becomes the call's payload."""
-    assert worker.conn is not None
-    try:
-        if not worker.conn.poll(init_timeout):
-            worker.kill()
-            return _failed_call("InitTimeout", f"init did not return within {init_timeout:g}s",
-                                worker.pid)
-        msg = worker.recv()
-    except (EOFError, OSError):
-        worker.kill()
-        return _failed_call("WorkerDied", describe_exit(worker.exitcode) + " during init",
-                            worker.pid)
-    if msg[0] == "init_error":
-        worker.kill()
-        etype, message, tb = msg[2]
-        payload = _failed_call(etype, f"init failed: {message}", worker.pid)
-        payload["errors"] = [(etype, f"init failed: {message}", tb)]
-        payload["console"] = [msg[3] or None]
-        return payload
-    worker.ready = True
-    return worker
-
-
-def _failed_call(error_type: str, message: str, pid: int) -> dict[str, Any]:
-    now = time.time()
-    return {"index": [0], "started": [now], "ended": [now], "errors": [(error_type, message, "")],
-            "console": [None], "outputs": None, "artifacts": {}, "pid": pid}
-
-
-def header_json(header: dict[str, Any]) -> str:
-    return json.dumps(header, indent=1, default=str)

@@ -2,9 +2,9 @@
 
 ::
 
-    input spool ──chunks──► supervisor thread ──("chunk")──► worker 1..N (processes)
+    input spool ──chunks──► supervisor thread ──RunChunk──► worker 1..N (processes)
                                ▲   │  reads the running row off each worker's board
-                  ("result")───┘   ▼
+                 ChunkDone ────┘   ▼
                           Committer ──► results/part-*.lbp, artifacts/, execution.json
 
 The supervisor is the single writer of the execution. It waits on worker
@@ -23,18 +23,21 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
+from .._format.chunk import ChunkResult
 from .._store.registry import ServiceRecord
-from .._workers.pool import WORKER_POOL, WorkerProcess, describe_exit
-from .base import BatchOptions, Chunk, RunContext
-from .supervisor import BatchAborted, SupervisorBase
+from .._workers.pool import WORKER_POOL
+from .._workers.process import WorkerProcess, describe_exit
+from .._workers.protocol import ChunkDone, InitError, Message, Ready, RunChunk
+from .base import BatchOptions, Chunk, Engine, RunContext, RunHandle
+from .supervisor import BatchAborted, Supervisor, register_exit_wait
 
-__all__ = ["Supervisor", "pool_key"]
+__all__ = ["LocalEngine", "LocalSupervisor", "pool_key"]
 
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
-# Deaths outside any row (while starting, between rows) with no progress in between,
-# per worker slot and attempt, before the batch is Failed: an init that crashes
-# its process fails fast, random outside kills (the OOM killer) do not.
-UNBLAMED_DEATHS = 3
+
+# The worker pool's exit hook (stop the workers, remove their boards) must run
+# after a script's end has waited for its batches: exit hooks run last-in first-out.
+register_exit_wait()
 
 
 def pool_key(record: ServiceRecord, options: BatchOptions) -> tuple[Any, ...]:
@@ -42,7 +45,7 @@ def pool_key(record: ServiceRecord, options: BatchOptions) -> tuple[Any, ...]:
     return (str(record.path), options.start_method, tuple(sorted(options.limits.items())))
 
 
-class Supervisor(SupervisorBase):
+class LocalSupervisor(Supervisor):
     """Runs the unrecorded rows of one execution on leased worker processes."""
 
     def __init__(self, ctx: RunContext) -> None:
@@ -50,10 +53,9 @@ class Supervisor(SupervisorBase):
         self._wake_r, self._wake_w = socket.socketpair()
         self._workers: list[WorkerProcess] = []
         self._inflight: dict[int, list[Chunk]] = {}
-        self._unblamed_deaths = 0
         self._init_error: str | None = None
 
-    # lifecycle (see SupervisorBase) ---------------------------------------------
+    # lifecycle (see Supervisor) ---------------------------------------------
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -145,19 +147,16 @@ class Supervisor(SupervisorBase):
                 continue
             self._on_message(w, msg)
 
-    def _on_message(self, w: WorkerProcess, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "ready":
-            w.ready = True
-            self.log.info("worker %d ready (init %.3fs)", w.pid, msg[2])
+    def _on_message(self, w: WorkerProcess, msg: Message) -> None:
+        if isinstance(msg, Ready):  # w.recv() marked it ready
+            self.log.info("worker %d ready (init %.3fs)", w.pid, msg.init_seconds)
             self._mark_in_progress()
-        elif kind == "init_error":
-            etype, message, _ = msg[2]
-            self._init_error = f"init failed: {etype}: {message}"
-        elif kind == "result":
-            self._on_result(w, msg[1], msg[2])
+        elif isinstance(msg, InitError):
+            self._init_error = msg.describe()
+        elif isinstance(msg, ChunkDone):
+            self._on_result(w, msg.chunk_id, msg.result)
 
-    def _on_result(self, w: WorkerProcess, chunk_id: int, payload: dict[str, Any]) -> None:
+    def _on_result(self, w: WorkerProcess, chunk_id: int, payload: ChunkResult) -> None:
         chunks = self._inflight.get(w.pid, [])
         chunk = next((c for c in chunks if c.id == chunk_id), None)
         if chunk is not None:
@@ -182,40 +181,18 @@ class Supervisor(SupervisorBase):
                   current: tuple[int, float] | None = None) -> None:
         current = current or w.current_row()
         w.kill()  # also takes down anything the row started in the worker's group
-        code = w.exitcode
         chunks = self._inflight.pop(w.pid, [])
         self._workers.remove(w)
-        why = reason or describe_exit(code)
+        why = reason or describe_exit(w.exitcode)
         self.log.warning("worker %d ended: %s (row %s; %d rows in flight)", w.pid, why,
                          current[0] if current else "-", sum(len(c.indices) for c in chunks))
-        charged = self._charge(current, chunks, why, timed_out=reason is not None)
-        if not charged:
-            # Deaths that no row can be blamed for (while starting, between rows) are
-            # only fatal when they keep happening with no progress in between.
-            self._unblamed_deaths += 1
-            limit = UNBLAMED_DEATHS * self.options.max_attempts * self.options.parallel_count
-            if self._unblamed_deaths > limit and not self._init_error:
-                stage = "while starting" if not w.ready else "outside any row"
-                self._init_error = (f"init failed: {why} {stage}" if not w.ready else
-                                    f"workers keep dying {stage}: {why}")
-        self._requeue(chunks, skip=current[0] if charged and current else None)
+        charged = self.on_worker_death(chunks, current, why, timed_out=reason is not None)
+        if not charged and self._unblamed_limit_reached() and not self._init_error:
+            stage = "while starting" if not w.ready else "outside any row"
+            self._init_error = (f"init failed: {why} {stage}" if not w.ready else
+                                f"workers keep dying {stage}: {why}")
         if self._has_work() and not self._init_error:
             self._spawn()
-
-    def _charge(self, current: tuple[int, float] | None, chunks: list[Chunk], why: str,
-                *, timed_out: bool) -> bool:
-        if current is None or not any(current[0] in c.indices for c in chunks):
-            return False
-        row, started = current
-        chunk = next(c for c in chunks if row in c.indices)
-        self._charge_row(chunk, row, started, why, timed_out=timed_out)
-        return True
-
-    def _requeue(self, chunks: list[Chunk], skip: int | None) -> None:
-        for chunk in reversed(chunks):
-            keep = [p for p, i in enumerate(chunk.indices) if i != skip]
-            if keep:
-                self._queue.appendleft(self._new_chunk(*chunk.split(keep)))
 
     def _check_row_timeouts(self) -> None:
         limit = self.options.row_timeout
@@ -245,7 +222,26 @@ class Supervisor(SupervisorBase):
                 chunk.sent = time.monotonic()
                 chunks.append(chunk)
                 try:
-                    w.send(("chunk", chunk.id, chunk.indices, chunk.columns))
+                    w.send(RunChunk("chunk", chunk.id, chunk.indices, chunk.columns))
                 except OSError:
                     self._on_death(w)
                     break
+
+
+class LocalEngine(Engine):
+    """Supervised worker processes on this machine (the default engine)."""
+
+    name = "local"
+
+    def prepare(self, record: ServiceRecord, options: BatchOptions, rows: int | None) -> None:
+        # Worker start-up (an interpreter, numpy, the service) overlaps the spooling. A
+        # CSV's size is not known yet: starting parallel_count workers for three rows
+        # would cost more than it saves.
+        if rows is not None:
+            WORKER_POOL.prestart(pool_key(record, options), min(options.parallel_count, rows),
+                                 options.start_method, options.limits)
+
+    def run(self, ctx: RunContext) -> RunHandle:
+        sup = LocalSupervisor(ctx)
+        sup.start()
+        return sup

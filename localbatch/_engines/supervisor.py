@@ -1,10 +1,11 @@
 """What every engine's supervisor shares: ownership, the end states, the exit wait.
 
 A supervisor is a thread of the process that owns an execution. Subclasses
-(the local process engine in ``_runner``, the Dask engine in ``_dask``) write
+(``LocalSupervisor`` in :mod:`.local`, ``DaskSupervisor`` in :mod:`.dask`) write
 ``_run`` (the loop) and ``_stop_work`` (stop every running row); this class
-turns the ways a run can end into the execution's state, once, and always
-releases the ownership:
+deals the chunks, charges a worker's death to the row it was running
+(:meth:`Supervisor.on_worker_death`), turns the ways a run can end into the
+execution's state, once, and always releases the ownership:
 
 - ``_run`` returns → ``Complete`` (``_finish``) or ``Canceled`` (``_finish_canceled``);
 - :class:`BatchAborted` → ``Failed`` with its message;
@@ -20,33 +21,24 @@ import sys
 import threading
 from abc import abstractmethod
 from collections import deque
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._errors import StoreError
+from .._format.chunk import ChunkResult, failed_rows
 from .._logging import close_execution_logger
-from .._store.commit import Committer, failed_rows, now_iso
-from .base import Chunk, RunContext, RunHandle, input_chunks
+from .._store.commit import now_iso
+from .._store.states import ACTIVE, ExecutionState
+from .base import RUNS, Chunk, RunContext, RunHandle, input_chunks
 
-__all__ = ["BatchAborted", "OwnedRun", "RUNNING", "SupervisorBase", "register_exit_wait"]
+__all__ = ["BatchAborted", "Supervisor", "UNBLAMED_DEATHS", "register_exit_wait"]
 
-ACTIVE_STATES = ("Pending", "InProgress")
-
-
-class OwnedRun(Protocol):
-    """What every engine's supervisor offers the process that owns it."""
-
-    id: str
-    done: threading.Event
-    committer: Committer
-
-    def cancel(self, timeout: float | None = None) -> bool: ...
-
-
-#: Executions owned by supervisors of this process (any engine), by id.
-RUNNING: dict[str, OwnedRun] = {}
-RUNNING_LOCK = threading.Lock()
+#: Deaths outside any row (while starting, between rows), per worker slot and
+#: attempt, before the batch is Failed (the local engine counts those with no
+#: progress in between): an init that crashes its process fails fast, random
+#: outside kills (the OOM killer) do not.
+UNBLAMED_DEATHS = 3
 
 
 class BatchAborted(Exception):
@@ -58,8 +50,8 @@ class BatchAborted(Exception):
         self.resumable = resumable
 
 
-class SupervisorBase(RunHandle):
-    """One execution's owner thread: registered in RUNNING, cancellable, always released.
+class Supervisor(RunHandle):
+    """One execution's owner thread: listed in RUNS, cancellable, always released.
 
     It also deals the rows without a record out as chunks: requeued chunks first,
     then the input spool, in chunks sized to about ``target_chunk_seconds`` of work.
@@ -93,6 +85,8 @@ class SupervisorBase(RunHandle):
         self._source_pos = 0
         self._next_chunk_id = 0
         self._attempts: dict[int, int] = {}
+        #: Deaths no row was blamed for (see UNBLAMED_DEATHS).
+        self._unblamed_deaths = 0
         self._row_seconds: float | None = None
         self._thread = threading.Thread(target=self._main, name=f"localbatch-{self.id[:8]}",
                                         daemon=True)
@@ -100,8 +94,7 @@ class SupervisorBase(RunHandle):
     # lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        with RUNNING_LOCK:
-            RUNNING[self.id] = self
+        RUNS.add(self)
         self._thread.start()
 
     def cancel(self, timeout: float | None = None) -> bool:
@@ -129,8 +122,6 @@ class SupervisorBase(RunHandle):
             try:
                 self._release_workers()
             finally:
-                with RUNNING_LOCK:
-                    RUNNING.pop(self.id, None)
                 self.lock.release()
                 close_execution_logger(self.log)
                 self.done.set()
@@ -191,6 +182,34 @@ class SupervisorBase(RunHandle):
             return self._new_chunk(rows[lo:hi], {k: v[lo:hi] for k, v in cols.items()})
         return None
 
+    # deaths --------------------------------------------------------------------------
+
+    def on_worker_death(self, chunks: list[Chunk], current: tuple[int, float] | None,
+                        why: str, *, timed_out: bool) -> bool:
+        """A worker ended (or was killed for a hung row) with ``chunks`` in flight.
+
+        The row its board named (``current``: row index, start time) is charged
+        (see :meth:`_charge_row`); the rest of the chunks goes again without
+        using an attempt. Returns whether a row was blamed; a death that blames
+        no row is counted (:meth:`_unblamed_limit_reached`).
+        """
+        chunk = None
+        if current is not None:
+            chunk = next((c for c in chunks if current[0] in c.indices), None)
+        if chunk is None or current is None:
+            self._unblamed_deaths += 1
+            self._requeue(chunks, skip=None)
+            return False
+        self._charge_row(chunk, current[0], current[1], why, timed_out=timed_out)
+        self._requeue(chunks, skip=current[0])
+        return True
+
+    def _unblamed_limit_reached(self) -> bool:
+        """Deaths that no row can be blamed for (while starting, between rows) are only
+        fatal when they keep happening."""
+        limit = UNBLAMED_DEATHS * self.options.max_attempts * self.options.parallel_count
+        return self._unblamed_deaths > limit
+
     def _charge_row(self, chunk: Chunk, row: int, started: float, why: str, *,
                     timed_out: bool) -> None:
         """A row that killed (or hung) its worker: record it, or run it again alone."""
@@ -209,18 +228,25 @@ class SupervisorBase(RunHandle):
             position = int(np.flatnonzero(np.asarray(chunk.indices) == row)[0])
             self._queue.appendleft(self._new_chunk(*chunk.split([position])))
 
+    def _requeue(self, chunks: list[Chunk], skip: int | None) -> None:
+        """The rows of ``chunks`` (but ``skip``) go first in the queue, in their order."""
+        for chunk in reversed(chunks):
+            keep = [p for p, i in enumerate(chunk.indices) if i != skip]
+            if keep:
+                self._queue.appendleft(self._new_chunk(*chunk.split(keep)))
+
     # the end states ----------------------------------------------------------------
 
     def _finish(self) -> None:
         self.committer.commit()
-        self.committer.set_state("Complete", ended=now_iso())
+        self.committer.set_state(ExecutionState.COMPLETE, ended=now_iso())
         self.log.info("batch complete: %d rows, %d failed", self.committer.completed_count,
                       self.committer.failed_count)
 
     def _finish_canceled(self) -> None:
         self._stop_work()
         self.committer.commit()
-        self.committer.set_state("Canceled", ended=now_iso(), resumable=False)
+        self.committer.set_state(ExecutionState.CANCELED, ended=now_iso(), resumable=False)
         self.log.info("batch canceled after %d rows", self.committer.completed_count)
 
     def _abort(self, error: str, *, resumable: bool) -> None:
@@ -229,14 +255,14 @@ class SupervisorBase(RunHandle):
         with contextlib.suppress(StoreError):
             self.committer.commit()
         with contextlib.suppress(StoreError):
-            self.committer.set_state("Failed", error=error, resumable=resumable,
+            self.committer.set_state(ExecutionState.FAILED, error=error, resumable=resumable,
                                      ended=now_iso())
 
     def _mark_in_progress(self) -> None:
-        if self.committer.header.get("state") == "Pending":
-            self.committer.set_state("InProgress", started=now_iso())
+        if self.committer.header.get("state") == ExecutionState.PENDING:
+            self.committer.set_state(ExecutionState.IN_PROGRESS, started=now_iso())
 
-    def _count_failures(self, payload: dict[str, Any]) -> None:
+    def _count_failures(self, payload: ChunkResult) -> None:
         self._failed_seen += failed_rows(payload)
 
     def _check_threshold(self) -> None:
@@ -250,10 +276,10 @@ class SupervisorBase(RunHandle):
 
 
 def _wait_for_owned() -> None:
-    with RUNNING_LOCK:
-        running = list(RUNNING.values())
+    running = RUNS.live()
     # A batch that has just written its final state is only handing its workers back.
-    busy = [run for run in running if run.committer.header.get("state") in ACTIVE_STATES]
+    busy = [run for run in running
+            if run.committer is not None and run.committer.header.get("state") in ACTIVE]
     if not busy:
         for run in running:
             run.done.wait(5)

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from .._errors import StoreError
+from .._format.chunk import per_row
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
 from .executions import ExecutionStore
+from .states import ExecutionHeader, ExecutionState
 
-__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "now_iso", "per_row"]
+__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "history_entry", "now_iso"]
 
 #: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
 PART_ROWS = 1000
@@ -29,18 +31,6 @@ PART_SECONDS = 2.0
 #: final state always carries the exact counts (a fast batch publishes hundreds of
 #: parts a second, and rewriting the header after each one cost as much as the part).
 HEADER_SECONDS = 0.2
-
-
-def per_row(payload: dict[str, Any], key: str) -> list[Any]:
-    """A chunk result's per-row field as a list; None there stands for None on every row
-    (``errors`` when no row failed, ``console`` when none printed)."""
-    values = payload[key]
-    return [None] * len(payload["index"]) if values is None else values
-
-
-def failed_rows(payload: dict[str, Any]) -> int:
-    errors = payload["errors"]
-    return 0 if errors is None else len(errors) - errors.count(None)  # a C loop
 
 
 def now_iso() -> str:
@@ -52,7 +42,7 @@ def now_iso() -> str:
 class Committer:
     """Owns ``execution.json`` and the result parts of one execution."""
 
-    def __init__(self, store: ExecutionStore, execution_id: str, header: dict[str, Any],
+    def __init__(self, store: ExecutionStore, execution_id: str, header: ExecutionHeader,
                  outputs: list[tuple[str, Any]], log: logging.Logger) -> None:
         self.store = store
         self.id = execution_id
@@ -79,15 +69,15 @@ class Committer:
         row_map = self.store.row_map(self.id, self.total)
         for k, name in enumerate(row_map.parts):
             part = self.store.read_part(self.id, name)
-            index = part.column("index")[2]["values"]
+            index = part.column("index").buffers["values"]
             latest = row_map.part_of[index] == k
-            errs = part.column("error_type")[2]["mask"]
+            errs = part.column("error_type").buffers["mask"]
             self.recorded[index[latest]] = True
             self.failed[index[latest]] = ~errs[latest]
         self.completed_count = int(self.recorded.sum())
         self.failed_count = int(self.failed.sum())
 
-    def set_state(self, state: str, **fields: Any) -> None:
+    def set_state(self, state: ExecutionState, **fields: Any) -> None:
         self.header.update(state=state, **fields)
         self.write_header()
 
@@ -104,6 +94,16 @@ class Committer:
 
     def pending_indices(self) -> np.ndarray:
         return np.flatnonzero(~self.recorded)
+
+    def reopen(self, history: dict[int, str]) -> None:
+        """Count recorded rows to run again as pending (``retry_failed``), keeping the
+        history entry each one carries into its new record."""
+        rows = list(history)
+        self.recorded[rows] = False
+        self.completed_count -= len(rows)
+        self.failed_count -= int(self.failed[rows].sum())
+        self.failed[rows] = False
+        self.history = history
 
     # buffering ---------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class Committer:
         except OSError as exc:
             raise StoreError(exc.errno or 5, f"cannot commit part: {exc}") from exc
         self._seq += 1
-        errs = ~columns["error_type"][2]["mask"]
+        errs = ~columns["error_type"].buffers["mask"]
         newly = ~self.recorded[index]
         self.completed_count += int(newly.sum())
         self.failed_count += int(errs.sum()) - int(self.failed[index].sum())
@@ -196,9 +196,9 @@ class Committer:
         history = (_flat(batch, "history") if any("history" in p for p in batch)
                    else [None] * n)
         columns: dict[str, Column] = {
-            "index": ("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
+            "index": Column("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
             "attempts": encode_column("int", _concat(batch, "attempts", np.int64)),
-            "worker_pid": ("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
+            "worker_pid": Column("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
             "started": encode_column("float", _concat(batch, "started", np.float64)),
             "ended": encode_column("float", _concat(batch, "ended", np.float64)),
             "error_type": encode_column("str", etype),

@@ -42,16 +42,29 @@ from .._errors import (
     StoreCorruptedError,
     StoreError,
 )
-from .._format.columns import Column, Part, encode_part
+from .._format.columns import Column
+from .._format.part import Part, encode_part
 from .faults import hook
-from .fsutil import atomic_write, make_private_dir, publish_exclusive, read_json, write_json
+from .fsutil import (
+    atomic_write,
+    is_plain_file_name,
+    make_private_dir,
+    publish_exclusive,
+    read_json,
+    write_json,
+)
+from .states import ExecutionHeader
 
-__all__ = ["ExecutionStore", "OwnerLock", "RowMap", "check_execution_id"]
+__all__ = [
+    "ExecutionStore",
+    "OwnerLock",
+    "RowMap",
+    "check_artifact_name",
+    "check_execution_id",
+]
 
 FORMAT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ARTIFACT_RE_BAD = re.compile(r"[/\\\0]")
-ACTIVE = ("Pending", "InProgress")
 
 
 def _after_write() -> None:
@@ -65,8 +78,7 @@ def check_execution_id(execution_id: Any) -> str:
 
 
 def check_artifact_name(name: Any) -> str:
-    if (not isinstance(name, str) or not name or name in (".", "..")
-            or _ARTIFACT_RE_BAD.search(name)):
+    if not is_plain_file_name(name):
         raise ArtifactNotFoundError(f"{name!r} is not a valid artifact name")
     return name
 
@@ -179,7 +191,7 @@ class ExecutionStore:
         (path / "inputs").mkdir(parents=True, mode=0o700)
         return path
 
-    def publish(self, staging: Path, header: dict[str, Any]) -> OwnerLock:
+    def publish(self, staging: Path, header: ExecutionHeader) -> OwnerLock:
         """Write the header, take the owner lock, and make the execution visible."""
         header.setdefault("format_version", FORMAT_VERSION)
         for sub in ("results", "artifacts"):
@@ -205,7 +217,7 @@ class ExecutionStore:
 
     # header -----------------------------------------------------------------
 
-    def read_header(self, execution_id: str) -> dict[str, Any]:
+    def read_header(self, execution_id: str) -> ExecutionHeader:
         path = self._require(execution_id)
         for _ in range(3):
             try:
@@ -214,7 +226,7 @@ class ExecutionStore:
                 time.sleep(0.01)
         raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
 
-    def write_header(self, execution_id: str, header: dict[str, Any]) -> None:
+    def write_header(self, execution_id: str, header: ExecutionHeader) -> None:
         hook("header.before_replace")
         write_json(self.path(execution_id) / "execution.json", header)
         hook("header.after_replace")
@@ -305,7 +317,7 @@ class ExecutionStore:
         part_of = np.full(total, -1, np.int32)
         pos_of = np.full(total, -1, np.int32)
         for k, name in enumerate(names):
-            index = self.read_part(execution_id, name).column("index")[2]["values"]
+            index = self.read_part(execution_id, name).column("index").buffers["values"]
             part_of[index] = k
             pos_of[index] = np.arange(len(index), dtype=np.int32)
         return RowMap(names, part_of, pos_of)

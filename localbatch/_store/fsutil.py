@@ -3,6 +3,8 @@
 Every write in the store goes through :func:`atomic_write` (temp file in the same
 folder, then ``os.replace``) or :func:`publish_exclusive` (temp file, then
 ``os.link``, which fails if the name exists: an exclusive claim with full content).
+:func:`atomic_write_with` is the one temp-then-rename writer; files localbatch
+writes outside the store (downloads, CLI output) use it too.
 """
 
 from __future__ import annotations
@@ -11,22 +13,25 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote
+from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from .._errors import StoreCorruptedError, StoreError
 
 __all__ = [
     "atomic_write",
-    "decode_component",
+    "atomic_write_with",
     "encode_component",
+    "is_plain_file_name",
     "make_private_dir",
     "publish_exclusive",
     "read_json",
     "sha256",
+    "unlink_if_present",
     "write_json",
 ]
 
@@ -39,12 +44,13 @@ _MAX_COMPONENT = 200
 #: Prefix of hashed components. ``quote`` always writes "%" plus two hex digits, so
 #: "%%" never starts a readable one: the two forms cannot collide.
 _HASHED = "%%"
+_NOT_IN_FILE_NAME = re.compile(r"[/\\\0]")
 
 
 def encode_component(text: str) -> str:
     """A user-given name as one safe path component.
 
-    Short names are percent-encoded (reversible with :func:`decode_component`); a
+    Short names are percent-encoded (reversible with ``urllib.parse.unquote``); a
     name whose encoding would pass the file system's limit (128 "!" or 128 CJK
     characters do) becomes ``%%`` plus its SHA-256, so callers that need the name
     back must keep it beside the folder (the registry's manifests do).
@@ -56,9 +62,11 @@ def encode_component(text: str) -> str:
     return "%2E" + enc[1:] if enc.startswith(".") else enc
 
 
-def decode_component(text: str) -> str | None:
-    """The name of a readable component; ``None`` for a hashed one."""
-    return None if text.startswith(_HASHED) else unquote(text)
+def is_plain_file_name(name: Any) -> bool:
+    """A name that stays one file inside its folder: a non-empty str, not ``.`` or
+    ``..``, without ``/``, ``\\`` or NUL (the rule for artifact names)."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..")
+            and not _NOT_IN_FILE_NAME.search(name))
 
 
 def make_private_dir(path: Path) -> Path:
@@ -84,12 +92,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def _write_temp(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o600) -> Path:
+    """A new temp file beside ``path`` holding what ``write`` wrote (gone on failure)."""
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             if FSYNC:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -100,22 +109,45 @@ def _write_temp(path: Path, data: bytes) -> Path:
     return tmp
 
 
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], None], mode: int = 0o600
+                      ) -> None:
+    """Replace ``path`` with what ``write`` writes into a temp file beside it.
+
+    Readers see the old file or the new one, never half; a symlink at ``path`` is
+    replaced, never written through. Errors (``OSError``, or ``write``'s own) pass
+    through unchanged and leave no temp file behind. ``mode`` is the new file's
+    permission bits (before the umask): 0o600 in the store, 0o644 for user files.
+    """
+    tmp = _write_temp(path, write, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if FSYNC:
+        _fsync_dir(path.parent)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``; readers see the old or the new file, never half."""
     try:
-        tmp = _write_temp(path, data)
-        os.replace(tmp, path)
-        if FSYNC:
-            _fsync_dir(path.parent)
+        atomic_write_with(path, _bytes_writer(data))
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _bytes_writer(data: bytes) -> Callable[[BinaryIO], None]:
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+    return write
 
 
 def publish_exclusive(path: Path, data: bytes, on_written: Callable[[], None] | None = None
                       ) -> bool:
     """Create ``path`` with ``data`` unless it exists; False if someone else won."""
     try:
-        tmp = _write_temp(path, data)
+        tmp = _write_temp(path, _bytes_writer(data))
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
@@ -154,3 +186,13 @@ def read_json(path: Path) -> Any:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def unlink_if_present(path: Path) -> None:
+    """Remove ``path``; already gone is fine, any other failure is a StoreError."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StoreError(exc.errno, f"cannot clear {path}: {exc}") from exc

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .._format.columns import Column, Part, decode_all, decode_one, frame_table
+from .._format.columns import Column, decode_all, decode_one
+from .._format.frames import frame_table
+from .._format.part import Part
 from .._schema import EncodingType
 from .executions import ExecutionStore, RowMap
 
@@ -132,12 +134,12 @@ class ResultReader:
         """
         parts = list(self.store.iter_inputs(self.id))
         cols = [p.column("label") for p in parts]
-        if cols and all(c[0] == "int" and not c[2]["mask"].any() for c in cols):
-            return np.concatenate([c[2]["values"] for c in cols])
+        if cols and all(c.kind == "int" and not c.buffers["mask"].any() for c in cols):
+            return np.concatenate([c.buffers["values"] for c in cols])
         values: list[Any] = []
         for part in parts:
             col = part.column("label")
-            if col[0] != "frame":
+            if col.kind != "frame":
                 values.extend(decode_all(col))
                 continue
             table = decode_one(col, 0)  # the chunk's labels as one table (see _spool)
@@ -156,7 +158,7 @@ class ResultReader:
 
         data: dict[str, list[Any]] = {name: [] for name, _ in self.inputs}
         for part in self.store.iter_inputs(self.id):
-            keep = np.flatnonzero(np.isin(part.column("row")[2]["values"], rows)).tolist()
+            keep = np.flatnonzero(np.isin(part.column("row").buffers["values"], rows)).tolist()
             if not keep:
                 continue
             for name, _ in self.inputs:
@@ -175,7 +177,7 @@ class ResultReader:
         longs: list[tuple[str, np.ndarray, Any]] = []
         for name, enc in self.outputs:
             cols = [p.column(f"out.{name}") for p in parts]
-            if cols and cols[0][0] in ("float", "int", "bool"):
+            if cols and cols[0].kind in ("float", "int", "bool"):
                 data[name] = _scalar_values(place, cols)
             elif enc is EncodingType.dataframe:
                 nrows, long = _frame_table(cols)
@@ -212,7 +214,7 @@ class ResultReader:
         frame["error_type"] = etype[bad].tolist()
         frame["error_message"] = _concat_str(
             p.column("error_message") for p in parts)[pos][bad].tolist()
-        attempts = np.concatenate([p.column("attempts")[2]["values"] for p in parts]) \
+        attempts = np.concatenate([p.column("attempts").buffers["values"] for p in parts]) \
             if parts else np.zeros(0, np.int64)
         frame["attempts"] = attempts[pos][bad]
         frame.insert(0, "row", rows[bad])
@@ -280,21 +282,21 @@ class _Placement:
     def scatter(self, arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
         out = np.empty(self.size, dtype)
         for part, values in zip(self.parts, arrays, strict=True):
-            index = part.column("index")[2]["values"]
+            index = part.column("index").buffers["values"]
             out[index if self._rank is None else self._rank[index]] = values
         return out
 
     def all_missing(self, name: str) -> bool:
-        return all(p.stored_const(name, "mask") is True or p.column(name)[2]["mask"].all()
+        return all(p.stored_const(name, "mask") is True or p.column(name).buffers["mask"].all()
                    for p in self.parts)
 
 
 def _scalar_values(place: _Placement, cols: list[Column]) -> Any:
-    kind = cols[0][0]
-    values = place.scatter([c[2]["values"] for c in cols], cols[0][2]["values"].dtype)
-    if all(not c[2]["mask"].any() for c in cols):
+    kind = cols[0].kind
+    values = place.scatter([c.buffers["values"] for c in cols], cols[0].buffers["values"].dtype)
+    if all(not c.buffers["mask"].any() for c in cols):
         return values
-    mask = place.scatter([c[2]["mask"] for c in cols], np.bool_)
+    mask = place.scatter([c.buffers["mask"] for c in cols], np.bool_)
     if kind == "float":
         out = values.astype(np.float64)
         out[mask] = np.nan
@@ -313,7 +315,7 @@ def _other_values(cols: list[Column], pos: np.ndarray, enc: EncodingType) -> Any
 
 
 def _concat_counts(cols: list[Column]) -> np.ndarray:
-    return np.concatenate([c[2]["nrows"] for c in cols]) if cols else np.zeros(0, np.int64)
+    return np.concatenate([c.buffers["nrows"] for c in cols]) if cols else np.zeros(0, np.int64)
 
 
 def _frame_table(cols: list[Column]) -> tuple[np.ndarray, Any]:

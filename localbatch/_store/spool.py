@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import InputFileError, SchemaError
-from .._format.columns import Column, encode_column, encode_part, kind_for_encoding
-from .._schema import EncodingType, InputTable
+from .._format.columns import Column, encode_column, kind_for_encoding
+from .._format.part import encode_part
+from .._schema import INT64, EncodingType, InputTable, check_columns
 from .fsutil import atomic_write
 
 __all__ = ["CsvSource", "SPOOL_ROWS", "spool_csv", "spool_table"]
@@ -95,9 +96,7 @@ class CsvSource:
             raise InputFileError(f"{path} is not UTF-8 text: {exc}") from None
         if not header:
             raise InputFileError(f"{path} is empty: it needs a header line naming the inputs")
-        from .._schema import _check_columns
-
-        _check_columns(header, inputs)
+        check_columns(header, inputs)
         self.inputs = list(inputs)
 
     def chunks(self) -> Iterator[Any]:
@@ -111,8 +110,6 @@ class CsvSource:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputFileError(f"{self.path}: {exc}") from None
 
-
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _text_to_int(text: str) -> int | None:
@@ -129,7 +126,7 @@ def _text_to_int(text: str) -> int | None:
         if not exact.is_finite() or exact != exact.to_integral_value():
             return None
         value = int(exact)
-    return value if _INT64[0] <= value <= _INT64[1] else None
+    return value if INT64[0] <= value <= INT64[1] else None
 
 
 def _cast_ints(text: list[str], empty: np.ndarray) -> tuple[list[Any], np.ndarray]:

@@ -179,13 +179,14 @@ def _build_modules() -> dict[str, types.ModuleType]:
 # Installs nest: the modules go in with the first handle and out with the last;
 # the innermost handle's settings apply.
 _LOCK = threading.RLock()
-_STACK: list[DropIn] = []
+#: Installed handles, innermost last, each with the settings it was installed with.
+_STACK: list[tuple[DropIn, _Settings]] = []
 _INSTALLED: dict[str, types.ModuleType] = {}
 
 
 def _settings() -> _Settings | None:
     with _LOCK:
-        return _STACK[-1]._settings if _STACK else None
+        return _STACK[-1][1] if _STACK else None
 
 
 def _foreign_azureml() -> list[str]:
@@ -223,7 +224,7 @@ class DropIn:
             if not self.installed:
                 return
             self.installed = False
-            _STACK.remove(self)
+            _STACK[:] = [entry for entry in _STACK if entry[0] is not self]
             if _STACK:
                 return
             for name, mod in _INSTALLED.items():
@@ -263,7 +264,7 @@ def install_azureml(home: str | Path | None = None, *, engine: Any = None) -> Dr
             _INSTALLED.update(_build_modules())
         sys.modules.update(_INSTALLED)
         handle = DropIn(settings)
-        _STACK.append(handle)
+        _STACK.append((handle, settings))
         return handle
 
 

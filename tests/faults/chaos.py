@@ -43,7 +43,7 @@ def _killer(stop: threading.Event, rng: random.Random, kills: list[int], mean: f
     me = psutil.Process()
     while not stop.wait(rng.expovariate(1 / mean)):
         workers = [p for p in me.children(recursive=True) if "--zygote" not in " ".join(
-            _cmd(p)) and "localbatch._workers.runtime" in " ".join(_cmd(p))]
+            _cmd(p)) and "localbatch._workers" in " ".join(_cmd(p))]
         if workers:
             victim = rng.choice(workers)
             try:

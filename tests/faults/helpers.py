@@ -25,12 +25,12 @@ def deploy(client, name, fn, *, init=None, artifacts=None):
 
 def record_counts(store: Path, execution_id: str, total: int) -> np.ndarray:
     """How many published parts record each row (read from the files, not the API)."""
-    from localbatch._format.columns import Part
+    from localbatch._format.part import Part
 
     counts = np.zeros(total, np.int64)
     results = store / "executions" / execution_id / "results"
     for path in sorted(results.glob("part-*.lbp")):
-        index = Part(path.read_bytes()).column("index")[2]["values"]
+        index = Part(path.read_bytes()).column("index").buffers["values"]
         np.add.at(counts, index, 1)
     return counts
 

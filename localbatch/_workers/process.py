@@ -1,0 +1,305 @@
+"""One worker process, seen from the process that owns it.
+
+Two start methods, both giving fresh interpreters that never import the
+caller's ``__main__`` (so a guard-less script works):
+
+- ``spawn``: a new interpreter per worker running :func:`.child.main`;
+- ``forkserver``: the owner's fork server (:mod:`.zygote`), with numpy and the
+  worker modules imported once, forks each worker (fast cold starts).
+
+A :class:`WorkerProcess` holds the worker's connection and its board (a mapped
+file in a scratch folder, in ``/dev/shm`` where there is one), so the owner
+can read the running row at any time. Owners that wait on one worker at a time
+(``consume``, a Dask task) use :meth:`~WorkerProcess.await_ready` and
+:meth:`~WorkerProcess.run_chunk`; the local supervisor waits on many at once
+and reads their messages itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
+
+from .._format.chunk import ChunkResult
+from . import zygote
+from .board import BOARD_BYTES, BOARD_HEAD, running_row
+from .launch import launch
+from .protocol import ChunkDone, InitError, Load, Message, Ready, RunChunk, Stop, recv, send
+
+__all__ = ["START_METHODS", "WorkerLost", "WorkerProcess", "describe_exit", "pid_alive",
+           "remove_scratch"]
+
+START_METHODS = ("spawn", "forkserver")
+#: How often a wait for one worker checks for a cancel or a row timeout.
+POLL = 0.05
+
+
+def _scratch() -> str:
+    global _SCRATCH
+    if _SCRATCH is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        _SCRATCH = tempfile.mkdtemp(prefix="localbatch-boards-", dir=base)
+    return _SCRATCH
+
+
+_SCRATCH: str | None = None
+
+
+def remove_scratch() -> None:
+    """Remove the boards' folder (at exit)."""
+    if _SCRATCH is not None:
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+def describe_exit(code: int | None) -> str:
+    """What ended a worker, from its exit code (negative: the signal that killed it)."""
+    if code is None:
+        return "worker died (exit status unknown)"
+    if code < 0:
+        sig = -code
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = " (possibly out of memory)" if sig == signal.SIGKILL else ""
+        return f"worker died: signal {sig} {name}{hint}"
+    return f"worker died: exit code {code}"
+
+
+class WorkerLost(NamedTuple):
+    """Why a worker gave no answer; it has been killed by then."""
+
+    #: ``"died"``, ``"timeout"`` (the whole wait), ``"row_timeout"`` or ``"canceled"``.
+    reason: str
+    #: The exit described (a death), or the limit passed (a row timeout).
+    why: str
+    #: The row its board named when it ended: (row index, start time).
+    row: tuple[int, float] | None = None
+
+
+@dataclass
+class WorkerProcess:
+    """One worker process, its connection, its board and the chunks it was sent."""
+
+    key: tuple[Any, ...]
+    start_method: str
+    pid: int = 0
+    conn: Connection | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    idle_since: float = 0.0
+    #: Batches or calls it has been leased to (0: started ahead of its first batch).
+    leases: int = 0
+    exitcode: int | None = None
+    dead: bool = False
+    _board_path: str = ""
+    _board: Any = None
+    #: Row indices of each chunk sent and not yet answered, by chunk id.
+    _sent: dict[int, Any] = field(default_factory=dict)
+
+    def start(self, load: dict[str, Any], limits: dict[str, int] | None) -> None:
+        fd, self._board_path = tempfile.mkstemp(prefix="board-", dir=_scratch())
+        try:
+            os.ftruncate(fd, BOARD_BYTES)  # sparse: a chunk touches only its rows' pages
+            os.write(fd, BOARD_HEAD.pack(-1))
+        finally:
+            os.close(fd)
+        with open(self._board_path, "r+b") as fh:
+            self._board = mmap.mmap(fh.fileno(), BOARD_BYTES)
+        parent, child = socket.socketpair()
+        try:
+            if self.start_method == "forkserver":
+                self.pid = zygote.client().fork(child.fileno(), self._board_path)
+            else:
+                self.proc = launch("localbatch._workers.child", child.fileno(),
+                                   ["--board", self._board_path, "--owner", str(os.getpid())])
+                self.pid = self.proc.pid
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+        try:
+            self.send(Load("load", load, limits))
+        except OSError:
+            pass  # it died already: the supervisor sees the closed connection next poll
+
+    # messages ------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        assert self.conn is not None
+        if isinstance(msg, RunChunk):
+            self._sent[msg.chunk_id] = msg.indices
+        send(self.conn, msg)
+
+    def recv(self) -> Message:
+        """The next message (``Ready`` marks it ready); EOFError/OSError: it is gone."""
+        assert self.conn is not None
+        msg = recv(self.conn)
+        if isinstance(msg, ChunkDone):
+            self._sent.pop(msg.chunk_id, None)
+        elif isinstance(msg, Ready):
+            self.ready = True
+        return msg
+
+    def current_row(self) -> tuple[int, float] | None:
+        """(row index, start time) of the row the worker is running, None between rows."""
+        if self._board is None:
+            return None
+        return running_row(self._board, self._sent.get)
+
+    # one worker at a time ------------------------------------------------------------
+
+    def await_ready(self, timeout: float | None,
+                    cancelled: Callable[[], bool] | None = None) -> Ready | InitError | WorkerLost:
+        """Wait for a starting worker's ``init``: ``Ready``, else it is killed (its
+        ``InitError``, or why it never answered)."""
+        msg = self._next_message(_deadline(timeout), cancelled)
+        if isinstance(msg, Ready):
+            return msg
+        self.kill()  # after an init error it exits anyway
+        assert isinstance(msg, (InitError, WorkerLost)), msg
+        return msg
+
+    def run_chunk(self, chunk_id: int, indices: Any, columns: dict[str, Any], *,
+                  timeout: float | None = None, row_timeout: float | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> ChunkResult | WorkerLost:
+        """Send one chunk and wait for its result; a death, a timeout (of the whole call,
+        or of one row) or a cancel kills the worker instead."""
+        deadline = _deadline(timeout)
+        try:
+            self.send(RunChunk("chunk", chunk_id, indices, columns))
+        except OSError:
+            return self._lost(cancelled)
+        while True:
+            msg = self._next_message(deadline, cancelled, row_timeout)
+            if isinstance(msg, WorkerLost):
+                return msg
+            if isinstance(msg, ChunkDone) and msg.chunk_id == chunk_id:
+                return msg.result
+
+    def _next_message(self, deadline: float | None, cancelled: Callable[[], bool] | None,
+                      row_timeout: float | None = None) -> Message | WorkerLost:
+        assert self.conn is not None
+        watch = cancelled is not None or bool(row_timeout)
+        try:
+            while True:
+                tick = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if watch:
+                    tick = POLL if tick is None else min(POLL, tick)
+                if self.conn.poll(tick):
+                    return self.recv()
+                lost = self._overdue(deadline, cancelled, row_timeout)
+                if lost is not None:
+                    self.kill()  # also the processes a row started (its own process group)
+                    return lost
+        except (EOFError, OSError):
+            return self._lost(cancelled)
+
+    def _overdue(self, deadline: float | None, cancelled: Callable[[], bool] | None,
+                 row_timeout: float | None) -> WorkerLost | None:
+        if cancelled is not None and cancelled():
+            return WorkerLost("canceled", "canceled")
+        if deadline is not None and time.monotonic() >= deadline:
+            return WorkerLost("timeout", "no answer in time")
+        current = self.current_row() if row_timeout else None
+        if row_timeout and current and time.time() - current[1] > row_timeout:
+            return WorkerLost("row_timeout",
+                              f"row {current[0]} exceeded row_timeout={row_timeout:g}s", current)
+        return None
+
+    def _lost(self, cancelled: Callable[[], bool] | None) -> WorkerLost:
+        """The connection ended: the worker died (or a cancel killed it)."""
+        current = self.current_row()
+        self.kill()
+        if cancelled is not None and cancelled():
+            return WorkerLost("canceled", "canceled")
+        return WorkerLost("died", describe_exit(self.exitcode), current)
+
+    # ending ----------------------------------------------------------------------------
+
+    def signal_kill(self) -> None:
+        """SIGKILL the worker and every process it started (its own process group).
+
+        No waiting: safe on an event loop (a Dask worker's); :meth:`kill` also reaps.
+        """
+        if self.pid and not self.dead:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its process group, then reap it."""
+        self.signal_kill()
+        self.reap(timeout=5)
+
+    def reap(self, timeout: float = 0.5) -> int | None:
+        """Mark dead and collect the exit status where this process can see it."""
+        if self.dead:
+            return self.exitcode
+        self.dead = True
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.exitcode = self.proc.wait(timeout=timeout)
+        else:
+            self.exitcode = zygote.exit_code(self.pid, timeout)
+        self.close()
+        return self.exitcode
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.close()
+            self.conn = None
+        if self._board is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._board.close()
+            self._board = None
+        if self._board_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self._board_path)
+            self._board_path = ""
+
+    def stop(self) -> None:
+        """Ask politely, then kill: used for idle workers only."""
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            self.send(Stop("stop"))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.01)
+        self.kill()
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid, self.proc)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def pid_alive(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie the fork server has not reaped yet still answers kill(0).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().split(b") ", 1)[1][:1] != b"Z"
+    except OSError:
+        return True
