@@ -43,7 +43,7 @@ _OPTION_NAMES = {"max_attempts", "row_timeout", "init_timeout", "error_threshold
                  "start_method", "console_limit", "artifact_limit", "output_limit"}
 
 
-class _State(str):
+class _CallableState(str):
     """The state string, also callable: ``batch.state()`` (the SDK's stub, fixed)."""
 
     def __call__(self) -> str:
@@ -144,8 +144,8 @@ class Batch:
         return self._execution_id
 
     @property
-    def state(self) -> _State:
-        return _State(self._header()["state"])
+    def state(self) -> _CallableState:
+        return _CallableState(self._header()["state"])
 
     def __str__(self) -> str:
         return "<Batch> \n" + pformat({"_api": self.api, "_execution_id": self._execution_id,

@@ -142,7 +142,7 @@ def _rate_text(header: dict[str, Any]) -> str:
     return text
 
 
-def _table(frame: Any, rows: int) -> str:
+def _html_table(frame: Any, rows: int) -> str:
     try:
         return str(frame.head(rows).to_html(max_cols=12, border=0))  # escapes cell text
     except Exception:  # a view must never fail the notebook
@@ -176,16 +176,16 @@ def batch_html(resp: BatchResponse, rows: int = 5) -> str:
     if done > VIEW_ROW_LIMIT:
         parts.append("<br><i>rows not shown for a batch this large: use to_frame()</i>")
     elif done:
-        parts.append(f"<br><b>first rows</b>{_table(resp.to_frame(), rows)}")
+        parts.append(f"<br><b>first rows</b>{_html_table(resp.to_frame(), rows)}")
         if failed:
             parts.append(f"<b>failed rows</b> (first {min(failed, 10)} of {failed})"
-                         f"{_table(resp.failed(), 10)}")
+                         f"{_html_table(resp.failed(), 10)}")
     return "".join(parts) + "</div>"
 
 
 def _value_html(value: Any) -> str:
     if hasattr(value, "to_html") and hasattr(value, "columns"):
-        return _table(value, 10)
+        return _html_table(value, 10)
     return f"<code>{html.escape(repr(value)[:500])}</code>"
 
 
