@@ -1,4 +1,4 @@
-"""Parent side of a batch: the supervisor that owns one execution.
+"""The local engine: a batch's rows on supervised worker processes of this machine.
 
 ::
 
