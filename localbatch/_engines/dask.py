@@ -52,7 +52,21 @@ from .._store.commit import now_iso
 from .._store.registry import read_blobs
 from .._store.states import ExecutionState
 from .base import Chunk, DoneHandle, Engine, RunContext, RunHandle
-from .dask_tasks import bundle_hash, close_idle, has_bundle, run_chunk, stop_run, store_bundle
+from .dask_tasks import (
+    Died,
+    InitFailed,
+    InitTimedOut,
+    NeedBundle,
+    Scored,
+    StartDied,
+    TaskReport,
+    bundle_hash,
+    close_idle,
+    has_bundle,
+    run_chunk,
+    stop_run,
+    store_bundle,
+)
 from .supervisor import BatchAborted, Supervisor, register_exit_wait
 
 __all__ = ["DaskEngine", "DaskSupervisor", "close_worker_processes"]
@@ -298,31 +312,29 @@ class DaskSupervisor(Supervisor):
             raise BatchAborted(f"Dask keeps losing chunks ({why})", resumable=True)
         self._queue.appendleft(chunk)
 
-    def _on_report(self, report: dict[str, Any], chunk: Chunk) -> None:
-        kind = report["kind"]
-        if kind == "result":
-            self._on_result(report["payload"])
-        elif kind == "died":
-            self._on_death(chunk, report)
-        elif kind == "need_bundle":
-            self._send_bundle(report["worker"])
-            self._requeue_lost(chunk, f"sent the bundle to {report['worker']}")
-        elif kind == "init_error":
-            etype, message, _ = report["error"]
-            raise BatchAborted(f"init failed: {etype}: {message}")
-        elif kind == "init_timeout":
-            raise BatchAborted(f"InitTimeout: init did not return within "
-                         f"{self.options.init_timeout:g}s")
-        elif kind == "start_died":
-            # Counted with the deaths that blame no row, against a lower limit of its own.
-            self._unblamed_deaths += 1
-            self.log.warning("dask worker %s: subprocess %s while starting", report["worker"],
-                             report["why"])
-            if self._unblamed_deaths > self.options.max_attempts:
-                raise BatchAborted(f"init failed: {report['why']} while starting")
-            self._queue.appendleft(chunk)
-        else:  # "canceled" without a cancel of ours: a stale flag; run it again
-            self._queue.appendleft(chunk)
+    def _on_report(self, report: TaskReport, chunk: Chunk) -> None:
+        match report:
+            case Scored(result):
+                self._on_result(result)
+            case Died():
+                self._on_death(chunk, report)
+            case NeedBundle(worker):
+                self._send_bundle(worker)
+                self._requeue_lost(chunk, f"sent the bundle to {worker}")
+            case InitFailed(error):
+                raise BatchAborted(f"init failed: {error[0]}: {error[1]}")
+            case InitTimedOut():
+                raise BatchAborted(f"InitTimeout: init did not return within "
+                                   f"{self.options.init_timeout:g}s")
+            case StartDied(why, worker):
+                # Counted with the deaths that blame no row, against a lower limit of its own.
+                self._unblamed_deaths += 1
+                self.log.warning("dask worker %s: subprocess %s while starting", worker, why)
+                if self._unblamed_deaths > self.options.max_attempts:
+                    raise BatchAborted(f"init failed: {why} while starting")
+                self._queue.appendleft(chunk)
+            case _:  # Canceled without a cancel of ours: a stale flag; run it again
+                self._queue.appendleft(chunk)
 
     def _on_result(self, payload: ChunkResult) -> None:
         n = len(payload["index"])
@@ -333,12 +345,11 @@ class DaskSupervisor(Supervisor):
         self._count_failures(payload)
         self.committer.add(payload, self._attempts)
 
-    def _on_death(self, chunk: Chunk, report: dict[str, Any]) -> None:
-        current = report["row"]
-        why = report["why"]
-        self.log.warning("dask worker %s: subprocess %d ended: %s (row %s)", report["worker"],
-                         report["pid"], why, current[0] if current else "-")
-        charged = self.on_worker_death([chunk], current, why, timed_out=report["timed_out"])
+    def _on_death(self, chunk: Chunk, report: Died) -> None:
+        current, why = report.row, report.why
+        self.log.warning("dask worker %s: subprocess %d ended: %s (row %s)", report.worker,
+                         report.pid, why, current[0] if current else "-")
+        charged = self.on_worker_death([chunk], current, why, timed_out=report.timed_out)
         if not charged and self._unblamed_limit_reached():
             raise BatchAborted(f"workers keep dying outside any row: {why}", resumable=True)
 

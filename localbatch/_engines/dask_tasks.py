@@ -10,8 +10,10 @@ design, are in :mod:`.dask`.
 
 A task leases a localbatch worker subprocess (kept warm per bundle hash and
 caps), sends it the chunk and waits; it returns a report, never raises for a
-row: ``{"kind": "result", "payload": ...}``, or a death, a cancel, an init
-failure, or ``need_bundle`` when this Dask worker lacks the service.
+row: :class:`Scored` with the chunk's result, or :class:`Died`,
+:class:`Canceled`, :class:`InitFailed`, :class:`InitTimedOut`,
+:class:`StartDied`, or :class:`NeedBundle` when this Dask worker lacks the
+service. Reports are named tuples: they travel back by pickle, by class path.
 """
 
 from __future__ import annotations
@@ -21,13 +23,29 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+from .._format.chunk import ChunkResult, RowError
 from .._workers.pool import WorkerPool
 from .._workers.process import WorkerLost, WorkerProcess
 from .._workers.protocol import InitError, Ready
 
-__all__ = ["bundle_hash", "close_idle", "has_bundle", "run_chunk", "stop_run", "store_bundle"]
+__all__ = [
+    "Canceled",
+    "Died",
+    "InitFailed",
+    "InitTimedOut",
+    "NeedBundle",
+    "Scored",
+    "StartDied",
+    "TaskReport",
+    "bundle_hash",
+    "close_idle",
+    "has_bundle",
+    "run_chunk",
+    "stop_run",
+    "store_bundle",
+]
 
 #: Warm localbatch subprocesses of this Dask worker, by (bundle hash, limits).
 _POOL = WorkerPool()
@@ -41,6 +59,55 @@ _STOPPED_TTL = 3600.0
 _BUNDLES: dict[str, tuple[dict[str, Any], float]] = {}
 BUNDLES_KEPT = 8
 BUNDLE_TTL = 3600.0
+
+
+class Scored(NamedTuple):
+    """The chunk ran: its result (rows that raised are errors in it, not reports)."""
+
+    result: ChunkResult
+
+
+class Died(NamedTuple):
+    """The subprocess died (or was killed for ``row_timeout``) running a row."""
+
+    #: The running row and when it started, from the board (None: between rows).
+    row: tuple[int, float] | None
+    why: str
+    timed_out: bool
+    pid: int
+    worker: str
+
+
+class Canceled(NamedTuple):
+    """The run was canceled here: the chunk did not (or did not finish) run."""
+
+
+class InitFailed(NamedTuple):
+    """The service's ``init`` raised."""
+
+    error: RowError
+    console: str | None
+
+
+class InitTimedOut(NamedTuple):
+    """``init`` did not return within ``init_timeout``."""
+
+
+class StartDied(NamedTuple):
+    """The subprocess died while starting (before ``init`` returned)."""
+
+    why: str
+    worker: str
+
+
+class NeedBundle(NamedTuple):
+    """This Dask worker has no copy of the service: send it, then run the chunk again."""
+
+    worker: str
+
+
+#: What a task returns.
+TaskReport = Scored | Died | Canceled | InitFailed | InitTimedOut | StartDied | NeedBundle
 
 
 def bundle_hash(manifest: dict[str, Any]) -> str:
@@ -85,16 +152,16 @@ def _bundle(key: str) -> dict[str, Any] | None:
 
 
 def run_chunk(spec: dict[str, Any], chunk_id: int, indices: list[int],
-              columns: dict[str, list[Any]]) -> dict[str, Any]:
+              columns: dict[str, list[Any]]) -> TaskReport:
     """The Dask task: run rows in a localbatch subprocess; a report, never a row's exception."""
     token = spec["run"]
     worker = _leased(spec)
-    if isinstance(worker, dict):
+    if not isinstance(worker, WorkerProcess):
         return worker
     ok = False
     try:
         report = _score(worker, spec, chunk_id, indices, columns)
-        ok = report["kind"] == "result"
+        ok = isinstance(report, Scored)
         return report
     finally:
         _unregister(token, worker)
@@ -118,13 +185,13 @@ def _canceled(token: str) -> bool:
         return token in _STOPPED
 
 
-def _leased(spec: dict[str, Any]) -> WorkerProcess | dict[str, Any]:
+def _leased(spec: dict[str, Any]) -> WorkerProcess | TaskReport:
     """A ready subprocess for this bundle, registered as busy for this run, or a report."""
     key = (spec["key"], tuple(sorted(spec["limits"].items())))
     taken = _POOL.take_idle(key, 1)
     bundle = None if taken else _bundle(spec["key"])
     if not taken and bundle is None:
-        return {"kind": "need_bundle", "worker": _worker_address()}
+        return NeedBundle(_worker_address())
     worker = taken[0] if taken else WorkerProcess(key, "spawn")
     with _LOCK:
         if spec["run"] in _STOPPED:
@@ -135,11 +202,10 @@ def _leased(spec: dict[str, Any]) -> WorkerProcess | dict[str, Any]:
     if canceled:
         if taken:
             _POOL.give_back([worker])
-        return {"kind": "canceled"}
+        return Canceled()
     if taken:
         return worker
-    report: dict[str, Any] | None = {"kind": "start_died", "why": "could not start",
-                                     "worker": _worker_address()}
+    report: TaskReport | None = StartDied("could not start", _worker_address())
     try:
         assert bundle is not None
         report = _start(worker, bundle, spec)
@@ -159,7 +225,7 @@ def _unregister(token: str, worker: WorkerProcess) -> None:
 
 
 def _start(worker: WorkerProcess, bundle: dict[str, Any], spec: dict[str, Any]
-           ) -> dict[str, Any] | None:
+           ) -> TaskReport | None:
     """Start a subprocess and wait for its ``init``; None when it is ready."""
     worker.start({"manifest": bundle["manifest"], "blobs": bundle["blobs"]},
                  spec["limits"] or None)
@@ -168,24 +234,23 @@ def _start(worker: WorkerProcess, bundle: dict[str, Any], spec: dict[str, Any]
     if isinstance(started, Ready):
         return None
     if isinstance(started, InitError):
-        return {"kind": "init_error", "error": started.error, "console": started.console}
+        return InitFailed(started.error, started.console)
     if started.reason == "died":
-        return {"kind": "start_died", "why": started.why, "worker": _worker_address()}
-    return {"kind": "init_timeout" if started.reason == "timeout" else "canceled"}
+        return StartDied(started.why, _worker_address())
+    return InitTimedOut() if started.reason == "timeout" else Canceled()
 
 
 def _score(worker: WorkerProcess, spec: dict[str, Any], chunk_id: int, indices: list[int],
-           columns: dict[str, list[Any]]) -> dict[str, Any]:
+           columns: dict[str, list[Any]]) -> TaskReport:
     """Send one chunk and wait for its result, a death, a timeout or a cancel."""
     result = worker.run_chunk(chunk_id, indices, columns, row_timeout=spec["row_timeout"],
                               cancelled=lambda: _canceled(spec["run"]))
     if not isinstance(result, WorkerLost):
-        return {"kind": "result", "payload": result}
+        return Scored(result)
     if result.reason == "canceled":
-        return {"kind": "canceled"}
-    return {"kind": "died", "row": result.row, "why": result.why,
-            "timed_out": result.reason == "row_timeout", "pid": worker.pid,
-            "worker": _worker_address()}
+        return Canceled()
+    return Died(result.row, result.why, result.reason == "row_timeout", worker.pid,
+                _worker_address())
 
 
 # -- client.run, on the Dask worker's event loop: never wait here ------------------------
