@@ -124,14 +124,18 @@ class Batch:
 
     @property
     def api(self) -> str:
+        """The batch endpoint, ``/api/{name}/{version}/batch``."""
         return f"{self._service_api}/batch"
 
     @property
     def records(self) -> Any:
+        """The validated records until ``start()`` spools them; None afterwards."""
         return self._records
 
     @property
     def parallel_count(self) -> int:
+        """How many rows run at once at most (the SDK's concurrency cap); settable before
+        ``start()``."""
         return self._options.parallel_count
 
     @parallel_count.setter
@@ -141,10 +145,12 @@ class Batch:
 
     @property
     def execution_id(self) -> str | None:
+        """The execution's id once started (None before): ``get_batch(id)`` finds it again."""
         return self._execution_id
 
     @property
     def state(self) -> _CallableState:
+        """The execution's state now; a string that can also be called (``state()``)."""
         return _CallableState(self._header()["state"])
 
     def __str__(self) -> str:

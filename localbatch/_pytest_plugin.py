@@ -12,6 +12,10 @@ Both take an engine by indirect parametrization, e.g.
 ``@pytest.mark.parametrize("azureml_local", ["inline"], indirect=True)`` runs
 the test's batches in the test's own process. At teardown, batches the test
 left running are canceled and warm workers are stopped.
+
+The fixtures import the SDK when they run: the plugin itself is loaded by every
+pytest session of an environment where localbatch is installed, and must cost
+those sessions nothing.
 """
 
 from __future__ import annotations

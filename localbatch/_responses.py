@@ -14,6 +14,7 @@ from ._errors import ScoringError
 from ._format.chunk import per_row
 from ._format.columns import decode_one
 from ._schema import EncodingType
+from ._views import response_html
 
 if TYPE_CHECKING:
     from ._store.registry import ServiceRecord
@@ -157,6 +158,4 @@ class ServiceResponse:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        from ._views import response_html
-
         return response_html(self)

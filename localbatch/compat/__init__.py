@@ -44,6 +44,7 @@ import localbatch as lb
 
 from .._client import default_store
 from .._definition import OperationalizationDefinition
+from .._engines.registry import get_engine
 from .._errors import ConfigurationError, LocalBatchError, ServiceNotFoundError
 
 __all__ = ["DeployClient", "DropIn", "HttpException", "HttpNotFound", "azureml",
@@ -270,8 +271,6 @@ def install_azureml(home: str | Path | None = None, *, engine: Any = None) -> Dr
 
 def _check_engine(engine: Any) -> None:
     """Fail at install, not at the first batch, on a bad engine name."""
-    from .._engines.registry import get_engine
-
     if engine is not None:
         get_engine(engine)
 
