@@ -16,13 +16,22 @@ import pytest
 REPO = Path(__file__).parent.parent
 
 
-@pytest.mark.skipif(not (REPO / "pyproject.toml").exists(), reason="needs the source tree")
+def _build_wheel(folder: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(folder), str(REPO)], check=True, timeout=280,
+                   capture_output=True)
+    (wheel,) = folder.glob("localbatch-*.whl")
+    return wheel
+
+
+needs_source = pytest.mark.skipif(not (REPO / "pyproject.toml").exists(),
+                                  reason="needs the source tree")
+
+
+@needs_source
 @pytest.mark.timeout(300)
 def test_the_wheel_contains_every_subpackage_and_py_typed(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(REPO)], check=True, timeout=280,
-                   capture_output=True)
-    (wheel,) = tmp_path.glob("localbatch-*.whl")
+    wheel = _build_wheel(tmp_path)
     shipped = set(zipfile.ZipFile(wheel).namelist())
     package = REPO / "localbatch"
     sources = {p.relative_to(REPO).as_posix() for p in package.rglob("*.py")}
@@ -33,3 +42,39 @@ def test_the_wheel_contains_every_subpackage_and_py_typed(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "localbatch = localbatch._cli:main" in text
     assert "localbatch = localbatch._pytest_plugin" in text
+
+
+@needs_source
+@pytest.mark.timeout(300)
+def test_the_installed_wheel_runs_the_cli_and_a_batch(tmp_path):
+    """Not only editable: the wheel in a fresh environment, away from the source tree."""
+    wheel = _build_wheel(tmp_path / "dist")
+    venv = tmp_path / "venv"
+    # The project's dependencies come from this environment; localbatch from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    python = venv / "bin" / "python"
+    # --ignore-installed: a localbatch installed outside the venv (as CI installs it) must
+    # not count as already there.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+                    str(wheel)],
+                   check=True, timeout=120, capture_output=True)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*args: str) -> str:
+        out = subprocess.run(list(args), cwd=work, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert run(str(python), "-m", "localbatch._cli", "--help").startswith("usage: localbatch")
+    assert run(str(venv / "bin" / "localbatch"), "--version").strip()
+    script = (
+        "import localbatch, sys\n"
+        "c = localbatch.DeployClient('store')\n"
+        "svc = c.service('w').version('1').code_str('r = a * 2').inputs(a=float)"
+        ".outputs(r=float).deploy()\n"
+        "r = svc.batch({'a': [1.0, 2.0]}, parallel_count=2).start().wait(60)\n"
+        "print(localbatch.__file__, r.state, r.to_frame()['r'].tolist())\n")
+    where, state, values = run(str(python), "-c", script).split(" ", 2)
+    assert where.startswith(str(venv)) and (state, values.strip()) == ("Complete", "[2.0, 4.0]")
