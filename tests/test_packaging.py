@@ -46,7 +46,7 @@ def test_the_wheel_contains_every_subpackage_and_py_typed(tmp_path):
 
 @needs_source
 @pytest.mark.timeout(300)
-def test_the_installed_wheel_runs_the_cli_and_a_batch(tmp_path):
+def test_the_installed_wheel_runs_the_cli_a_batch_and_the_pytest_plugin(tmp_path):
     """Not only editable: the wheel in a fresh environment, away from the source tree."""
     wheel = _build_wheel(tmp_path / "dist")
     venv = tmp_path / "venv"
@@ -78,3 +78,11 @@ def test_the_installed_wheel_runs_the_cli_and_a_batch(tmp_path):
         "print(localbatch.__file__, r.state, r.to_frame()['r'].tolist())\n")
     where, state, values = run(str(python), "-c", script).split(" ", 2)
     assert where.startswith(str(venv)) and (state, values.strip()) == ("Complete", "[2.0, 4.0]")
+    # The pytest plugin, found through the installed wheel's entry point.
+    (work / "test_fixture.py").write_text(
+        "import localbatch\n"
+        "def test_fixture(localbatch_client):\n"
+        f"    assert localbatch.__file__.startswith({str(venv)!r})\n"
+        "    assert localbatch_client.list_services() == []\n")
+    assert "1 passed" in run(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "test_fixture.py")
