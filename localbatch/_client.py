@@ -10,6 +10,7 @@ from ._batch import Batch
 from ._definition import RealtimeDefinition, ServiceDefinition
 from ._engines.executions import Executions
 from ._engines.inline import clear_inline_runtimes
+from ._engines.registry import get_engine
 from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
 from ._service import Service
 from ._store.executions import ExecutionStore
@@ -87,16 +88,38 @@ class MLServer(Operationalization):
         except OSError as exc:
             raise ConfigurationError(f"cannot create store {self.store_path}: {exc}") from None
         self._registry = Registry(self.store_path)
-        self.engine = engine
-        self.start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD", "spawn")
-        if self.start_method not in START_METHODS:
-            raise ConfigurationError(f"start_method must be one of {START_METHODS}")
+        start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD", "spawn")
+        _check_start_method(start_method)
         #: Shared with every Service and Batch of this client (fails fast on a bad engine).
         self._executions = Executions(ExecutionStore(self.store_path), self._registry, engine,
-                                      self.start_method)
+                                      start_method)
+        self._engine = engine
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} store={str(self.store_path)!r}>"
+
+    @property
+    def engine(self) -> Any:
+        """The default engine of this client's batches and calls, as given (None: local).
+
+        Setting it applies to every later batch and call of its services.
+        """
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Any) -> None:
+        self._executions.engine = get_engine(engine)  # a bad engine fails here
+        self._engine = engine
+
+    @property
+    def start_method(self) -> str:
+        """How worker processes start (``"spawn"`` or ``"forkserver"``); settable."""
+        return self._executions.start_method
+
+    @start_method.setter
+    def start_method(self, start_method: str) -> None:
+        _check_start_method(start_method)
+        self._executions.start_method = start_method
 
     # services -----------------------------------------------------------------
 
@@ -212,6 +235,11 @@ class MLServer(Operationalization):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_start_method(start_method: Any) -> None:
+    if start_method not in START_METHODS:
+        raise ConfigurationError(f"start_method must be one of {START_METHODS}")
 
 
 def _no_extra(opts: dict[str, Any], where: str) -> None:

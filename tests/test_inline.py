@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from localbatch import DeployClient
+from localbatch import ConfigurationError, DeployClient
 
 
 # The SDK sample's service (its least-squares fit as plain coefficients, so workers
@@ -222,3 +223,30 @@ def test_inline_client_consumes_in_process(store):
         assert svc.pid_of(1.0).outputs["r"] == float(os.getpid())
     finally:
         inline_client.close()
+
+
+def test_the_clients_engine_and_start_method_can_change_after_it_is_made(store):
+    """Every service and batch of a client follows a later ``client.engine = ...``
+    (they share the client's executions), and a bad value fails at the assignment."""
+    client = DeployClient(str(store))
+    svc = client.service("w").version("1").code_fn(where).inputs(a=float) \
+        .outputs(answer=str).deploy()
+    client.engine = "inline"
+    batch = svc.batch({"a": [1.0, 2.0]}, parallel_count=2).start()
+    # Inline rows ran during start(), in this very process and thread.
+    assert batch.results().state == "Complete"
+    pids = {row.split()[0] for row in batch.results().to_frame()["answer"]}
+    assert pids == {str(os.getpid())}
+    assert svc.where(1.0).outputs["answer"].split()[0] == str(os.getpid())
+    client.engine = None
+    assert svc.where(1.0).outputs["answer"].split()[0] != str(os.getpid())
+    client.start_method = "forkserver"
+    assert svc.batch({"a": [1.0]}).parallel_count == 10
+    assert svc.batch({"a": [1.0]}).start().wait(60).header["options"]["start_method"] \
+        == "forkserver"
+    with pytest.raises(ConfigurationError):
+        client.engine = "no-such-engine"
+    with pytest.raises(ConfigurationError):
+        client.start_method = "fork"
+    assert (client.engine, client.start_method) == (None, "forkserver")
+    client.close()
