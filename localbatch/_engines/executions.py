@@ -90,10 +90,6 @@ class Executions:
         """This process's run of the execution (running or ended), if it started one."""
         return RUNS.get(execution_id)
 
-    def owns(self, execution_id: str) -> bool:
-        """Whether a run of this process is still working on the execution."""
-        return RUNS.owns(execution_id)
-
     def wait(self, execution_id: str, timeout: float | None) -> dict[str, Any]:
         """Block until the execution ends or its owner is found dead."""
         handle = RUNS.get(execution_id)

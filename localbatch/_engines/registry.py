@@ -18,7 +18,7 @@ from .base import Engine
 from .inline import InlineEngine
 from .local import LocalEngine
 
-__all__ = ["ENGINES", "EXTERNAL_ENGINES", "get_engine", "register_engine"]
+__all__ = ["ENGINES", "EXTERNAL_ENGINES", "get_engine"]
 
 
 def _dask_engine(client: Any = None) -> Engine:
@@ -31,11 +31,6 @@ def _dask_engine(client: Any = None) -> Engine:
 ENGINES: dict[str, Callable[[], Engine]] = {"local": LocalEngine, "inline": InlineEngine}
 #: Engines whose module (and library) is imported on first use.
 EXTERNAL_ENGINES: dict[str, Callable[[], Engine]] = {"dask": _dask_engine}
-
-
-def register_engine(name: str, factory: Callable[[], Engine]) -> None:
-    """Make ``engine=name`` build an engine with ``factory()``."""
-    ENGINES[name] = factory
 
 
 def get_engine(engine: Any) -> Engine:
