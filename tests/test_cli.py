@@ -142,6 +142,11 @@ def test_errors_are_one_line_with_exit_codes(services, store, tmp_path):
     # argparse usage errors: exit 2 (the usage line, then the reason)
     for args in (("frobnicate",), ("prune", "--older-than", "7")):
         assert lb(store, *args).returncode == 2, args
+    # ``python -m localbatch._cli`` exits with the same statuses as the console script.
+    for args, code in ((("show", "nope"), 5), (("frobnicate",), 2)):
+        proc = subprocess.run([sys.executable, "-m", "localbatch._cli", "--store", str(store),
+                               *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code, (args, proc.stderr)
 
     debug = lb(store, "--debug", "show", "nope")
     assert debug.returncode == 5 and "Traceback" in debug.stderr
@@ -211,7 +216,12 @@ def test_some_rows_fail_exit_1_then_retry_failed(services, store, tmp_path):
     assert failed["error_type"].tolist() == ["ValueError"]
     assert failed["error_message"].tolist() == ["bad row 3.0"]
 
-    assert lb(store, "retry-failed", eid).returncode == 1  # the same code fails again
+    # The same code fails again; --parallel-count overrides the stored option (it was once
+    # silently ignored): the run's log line says what it ran with.
+    assert lb(store, "retry-failed", eid, "-p", "1").returncode == 1
+    log = (store / "executions" / eid / "execution.log").read_text().splitlines()
+    runs = [line for line in log if "parallel_count" in line]
+    assert runs[0].endswith("parallel_count 2") and runs[-1].endswith("parallel_count 1")
     proc = lb(store, "retry-failed", eid, "--version", "2.0", "--out", str(tmp_path / "r.csv"))
     assert proc.returncode == 0, proc.stderr
     assert "retrying 1 failed row(s) with version 2.0" in proc.stdout
