@@ -211,23 +211,30 @@ class ExecutionStore:
     def staging(self, execution_id: str) -> Path:
         """A private folder to build an execution in before it is published."""
         path = make_private_dir(self.root / ".staging") / execution_id
-        (path / "inputs").mkdir(parents=True, mode=0o700)
+        path.mkdir(mode=0o700)  # mkdir(parents=True) would make it 0o777 & ~umask
+        (path / "inputs").mkdir(mode=0o700)
         return path
 
     def publish(self, staging: Path, header: ExecutionHeader) -> OwnerLock:
         """Write the header, take the owner lock, and make the execution visible."""
-        header.setdefault("format_version", FORMAT_VERSION)
-        for sub in ("results", "artifacts"):
-            (staging / sub).mkdir(mode=0o700, exist_ok=True)
-        write_json(staging / "execution.json", header)
+        header["format_version"] = FORMAT_VERSION
+        try:
+            for sub in ("results", "artifacts"):
+                (staging / sub).mkdir(mode=0o700, exist_ok=True)
+            write_json(staging / "execution.json", header)
+        except BaseException:
+            self.discard_staging(staging)  # a live owner cleans up after itself
+            raise
         lock = OwnerLock(staging / "owner.lock")
         if not lock.acquire():
+            self.discard_staging(staging)
             raise StoreError(f"cannot lock new execution {staging.name}")
         final = self.root / staging.name
         try:
             os.rename(staging, final)
         except OSError as exc:
             lock.release()
+            self.discard_staging(staging)
             raise StoreError(exc.errno, f"cannot publish execution: {exc}") from exc
         lock.path = final / "owner.lock"
         with _HELD_LOCK:
@@ -415,7 +422,7 @@ class ExecutionStore:
         pos_of = np.full(total, -1, np.int32)
         for k, name in enumerate(names):
             part = self.read_part(execution_id, name)
-            index = _checked_index(part, total, self.path(execution_id) / "results" / name)
+            index = checked_index(part, total, self.path(execution_id) / "results" / name)
             part_of[index] = k
             pos_of[index] = np.arange(len(index), dtype=np.int32)
         return RowMap(names, part_of, pos_of)
@@ -469,19 +476,20 @@ class ExecutionStore:
             raise ArtifactNotFoundError(f"row {index} has no artifact {name!r}") from None
         with os.fdopen(fd, "rb") as fh:
             data = fh.read()
-        expected = self._artifact_sums(folder).get(name)
-        if expected is not None and expected != _crc(data):
-            raise StoreCorruptedError(f"{folder / name} is damaged: checksum mismatch")
+        sums = self._artifact_sums(folder)
+        if sums is not None and sums.get(name) != _crc(data):
+            raise StoreCorruptedError(f"{folder / name} is damaged: its checksum in "
+                                      f"{folder / ARTIFACT_SUMS} does not match")
         return data
 
-    def _artifact_sums(self, folder: Path) -> dict[str, str]:
-        """Name → CRC-32 of a row's artifacts ({} for a folder of an older store)."""
+    def _artifact_sums(self, folder: Path) -> dict[str, str] | None:
+        """Name → CRC-32 of a row's artifacts (None: a folder of an older store)."""
         path = folder / ARTIFACT_SUMS
         try:
             with open(path, "rb") as fh:
                 sums = json.loads(fh.read())
         except FileNotFoundError:
-            return {}
+            return None
         except ValueError as exc:
             raise StoreCorruptedError(f"{path} is damaged: {exc}") from None
         if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
@@ -503,7 +511,7 @@ def _remove_leftovers(folder: Path) -> None:
                 shutil.rmtree(folder / name, ignore_errors=True)
 
 
-def _checked_index(part: Part, total: int, path: Path) -> np.ndarray:
+def checked_index(part: Part, total: int, path: Path) -> np.ndarray:
     """A result part's row numbers, each a row of the execution."""
     try:
         index = part.column("index").buffers["values"]

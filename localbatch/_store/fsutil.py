@@ -29,13 +29,14 @@ import os
 import re
 import stat
 import uuid
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from .._errors import StoreCorruptedError, StoreError
+from .._errors import ConfigurationError, LocalBatchWarning, StoreCorruptedError, StoreError
 
 __all__ = [
     "JSON_FORMAT",
@@ -46,6 +47,7 @@ __all__ = [
     "encode_component",
     "is_plain_file_name",
     "make_private_dir",
+    "open_store_root",
     "publish_exclusive",
     "read_json",
     "sha256",
@@ -280,3 +282,27 @@ def unlink_if_present(path: Path) -> None:
         pass
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot clear {path}: {exc}") from exc
+
+
+def _strict_from_env() -> bool:
+    return os.environ.get("LOCALBATCH_STRICT", "") not in ("", "0")
+
+
+def open_store_root(path: Path, strict: bool | None = None) -> None:
+    """Create the store folder (0700) and check it is private (:func:`check_store_root`).
+
+    A store others can write is used with a ``LocalBatchWarning`` naming the path and
+    the problem; in strict mode (``strict=True``, or ``LOCALBATCH_STRICT=1`` when
+    ``strict`` is None) it is refused with ``ConfigurationError``, so nothing planted
+    there is ever loaded.
+    """
+    make_private_dir(path)
+    problems = check_store_root(path)
+    if not problems:
+        return
+    text = (f"store {path} is not private: {'; '.join(problems)}. Whoever can write there "
+            "can plant a service revision that localbatch would run: chmod 700 the store "
+            "and the folders above it (and make it yours)")
+    if _strict_from_env() if strict is None else strict:
+        raise ConfigurationError(text + " (strict mode refuses it)")
+    warnings.warn(text, LocalBatchWarning, stacklevel=4)

@@ -228,13 +228,18 @@ class Registry:
             write_json(staging / "manifest.json", manifest)
             make_private_dir(vdir)
             os.rename(staging, vdir / revision)
-        except OSError as exc:
+        except BaseException as exc:
+            # A live publisher removes its own staging (a full disk, Ctrl-C); only a
+            # killed one leaves it, for ``gc``.
             shutil.rmtree(staging, ignore_errors=True)
-            raise StoreError(exc.errno, f"cannot publish service: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StoreError(exc.errno, f"cannot publish service: {exc}") from exc
+            raise
 
     # reading ----------------------------------------------------------------
 
-    def _current(self, vdir: Path) -> str | None:
+    def current_revision(self, vdir: Path) -> str | None:
+        """The revision id in a version folder's ``current``; None if it has none."""
         path = vdir / "current"
         try:
             pointer = read_json(path)
@@ -254,7 +259,7 @@ class Registry:
             return self.latest(name)
         check_name(version, "version")
         vdir = self._version_dir(name, version)
-        revision = self._current(vdir)
+        revision = self.current_revision(vdir)
         if revision is None:
             raise ServiceNotFoundError(f"No service found for {name} version {version}")
         return self.revision(name, version, revision)
@@ -305,7 +310,7 @@ class Registry:
         return out
 
     def _live(self, vdir: Path) -> ServiceRecord | None:
-        rev = self._current(vdir) if vdir.is_dir() else None
+        rev = self.current_revision(vdir) if vdir.is_dir() else None
         if rev is None:
             return None
         path = vdir / rev / "manifest.json"
