@@ -145,9 +145,10 @@ class MLServer(Operationalization):
             raise ValueError("Missing the required parameter `version`: delete_service(name, "
                              "version=...) deletes one version")
         self._registry.get(name, version)
-        keep = {h.get("revision") for h in self._executions.headers()
-                if h.get("service") == name and h.get("version") == version}
-        return self._registry.delete(name, version, {k for k in keep if k})
+        store = self._executions.store
+        # Revisions of executions, and of batches still starting, stay (see Registry.delete).
+        return self._registry.delete(name, version,
+                                     lambda: store.pinned_revisions(name, version))
 
     def deploy_service(self, name: str, **opts: Any) -> Any:
         """Publish a service from the builder's options as keywords; returns the Service."""

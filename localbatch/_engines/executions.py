@@ -133,7 +133,7 @@ class Executions:
         engine = engine or self.engine
         store = self.store
         execution_id = store.new_id()
-        staging = store.staging(execution_id)
+        staging = store.staging(execution_id, pin=record)  # delete_service keeps it
         engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
         try:
             if isinstance(source, CsvSource):

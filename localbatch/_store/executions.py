@@ -51,6 +51,7 @@ from .._errors import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
     RowNotRecordedError,
+    ServiceNotFoundError,
     StoreCorruptedError,
     StoreError,
 )
@@ -80,6 +81,8 @@ __all__ = [
 FORMAT_VERSION = 2
 #: The file in each artifact folder naming the CRC-32 of every artifact in it.
 ARTIFACT_SUMS = ".localbatch-checksums"
+#: The file in an execution's staging folder naming the revision it pins.
+PIN = "pin.json"
 #: Suffix of a damaged result part moved aside by :meth:`ExecutionStore.recover`.
 CORRUPT_SUFFIX = ".corrupt"
 _PART_RE = re.compile(r"^part-(\d{6,})\.lbp")
@@ -208,12 +211,44 @@ class ExecutionStore:
     def new_id(self) -> str:
         return uuid.uuid4().hex
 
-    def staging(self, execution_id: str) -> Path:
-        """A private folder to build an execution in before it is published."""
+    def staging(self, execution_id: str, pin: Any = None) -> Path:
+        """A private folder to build an execution in before it is published.
+
+        ``pin`` (a ``ServiceRecord``) pins the revision the batch will run from now
+        on, before its header exists: ``delete_service`` keeps a pinned revision
+        (:meth:`pinned_revisions`), and a revision deleted before the pin was
+        written is reported here as deleted, not as a missing file in a worker.
+        """
         path = make_private_dir(self.root / ".staging") / execution_id
         path.mkdir(mode=0o700)  # mkdir(parents=True) would make it 0o777 & ~umask
         (path / "inputs").mkdir(mode=0o700)
+        if pin is not None:
+            write_json(path / PIN, {"service": pin.name, "version": pin.version,
+                                    "revision": pin.revision})
+            if not (pin.path / "manifest.json").is_file():
+                self.discard_staging(path)
+                raise ServiceNotFoundError(f"service {pin.name} version {pin.version} was "
+                                           "deleted while the batch was starting")
         return path
+
+    def pinned_revisions(self, service: str, version: str) -> set[str]:
+        """Revisions of a service version that executions (published or starting) use."""
+        out = set()
+        for eid in self.list_ids():
+            try:
+                header = self.read_header(eid)
+            except (StoreError, LookupError):
+                continue
+            if header["service"] == service and header["version"] == version:
+                out.add(header["revision"])
+        staging = self.root / ".staging"
+        for pin in staging.glob(f"*/{PIN}") if staging.is_dir() else []:
+            with contextlib.suppress(OSError, StoreError):
+                p = read_json(pin)
+                if isinstance(p, dict) and (p.get("service"), p.get("version")) == (
+                        service, version):
+                    out.add(str(p.get("revision")))
+        return out
 
     def publish(self, staging: Path, header: ExecutionHeader) -> OwnerLock:
         """Write the header, take the owner lock, and make the execution visible."""

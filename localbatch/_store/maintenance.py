@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ExecutionNotFoundError, StoreError
-from .executions import CORRUPT_SUFFIX, ExecutionStore, checked_index
+from .executions import CORRUPT_SUFFIX, PIN, ExecutionStore, checked_index
 from .fsutil import read_json, sha256
 from .registry import Registry, check_manifest
 from .states import TERMINAL
@@ -211,8 +211,12 @@ def _reason(exc: BaseException) -> str:
 # -- gc -----------------------------------------------------------------------------------
 
 
-def gc_store(root: Path, dry_run: bool = False, grace: float = GRACE) -> list[Removal]:
-    """Remove (``dry_run``: list) what nothing will use again; see the module docstring."""
+def gc_store(root: Path, dry_run: bool = False, grace: float = GRACE, boards: bool = True
+             ) -> list[Removal]:
+    """Remove (``dry_run``: list) what nothing will use again; see the module docstring.
+
+    ``boards=False`` leaves ``/dev/shm`` alone (it is shared by every store of the user).
+    """
     now = time.time()
     store = ExecutionStore(root)
     found: list[tuple[Path, str]] = []
@@ -231,7 +235,8 @@ def gc_store(root: Path, dry_run: bool = False, grace: float = GRACE) -> list[Re
             vdir, now, grace)]
     found += [(p, "revision no version points to and no execution pins")
               for p in _unused_revisions(root, store, now, grace)]
-    found += [(p, "board folder of a dead owner") for p in _dead_board_folders(now)]
+    if boards:
+        found += [(p, "board folder of a dead owner") for p in _dead_board_folders(now)]
     out = []
     for path, reason in found:
         out.append(Removal(str(path), reason, _size(path)))
@@ -271,6 +276,12 @@ def _unused_revisions(root: Path, store: ExecutionStore, now: float, grace: floa
         except (StoreError, LookupError):
             return []  # a damaged header may pin any revision: keep them all
         pinned.add((h["service"], h["version"], h["revision"]))
+    for pin in (store.root / ".staging").glob(f"*/{PIN}"):  # batches still starting
+        try:
+            p = read_json(pin)
+            pinned.add((p["service"], p["version"], p["revision"]))
+        except (OSError, StoreError, LookupError, TypeError):
+            return []  # unreadable: it may pin any revision
     out = []
     for vdir in _version_dirs(registry):
         try:

@@ -30,7 +30,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -321,10 +321,15 @@ class Registry:
 
     # deleting ---------------------------------------------------------------
 
-    def delete(self, name: str, version: str, keep: set[str]) -> bool:
+    def delete(self, name: str, version: str,
+               keep: set[str] | Callable[[], set[str]]) -> bool:
         """Unpublish a version; revisions in ``keep`` (used by executions) stay on disk.
 
-        A version whose ``current`` or manifest is damaged can be deleted too.
+        ``keep`` may be a function, asked again after the doomed revisions are hidden
+        (renamed into ``.staging``): a batch that pinned one meanwhile gets it back,
+        and a batch that pins later finds it gone (:meth:`ExecutionStore.staging`
+        checks after pinning), so no batch starts on a revision being deleted. A
+        version whose ``current`` or manifest is damaged can be deleted too.
         """
         check_name(name)
         check_name(version, "version")
@@ -333,9 +338,21 @@ class Registry:
             os.unlink(vdir / "current")
         except FileNotFoundError:
             raise ServiceNotFoundError(f"No service found for {name} version {version}")
+        pinned = keep if callable(keep) else (lambda: keep)
+        kept = pinned()
+        trash = make_private_dir(self.root / ".staging")
+        hidden = []
         for rev in vdir.iterdir():
-            if rev.is_dir() and rev.name not in keep:
-                shutil.rmtree(rev, ignore_errors=True)
+            if rev.is_dir() and rev.name not in kept:
+                target = trash / f"deleted-{rev.name}-{uuid.uuid4().hex[:8]}"
+                os.rename(rev, target)
+                hidden.append((rev, target))
+        kept = pinned() if hidden and callable(keep) else kept
+        for rev, target in hidden:
+            if rev.name in kept:
+                os.rename(target, rev)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
         with contextlib.suppress(OSError):
             vdir.rmdir()
         return True

@@ -35,24 +35,35 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
 SEED = 20261130
 ROWS = 1200  # two result parts, two input parts
+ART_ROWS = 120  # rows 0 and 100 write an artifact
 BUDGET_S = 18.0
 DAMAGES = ("flip", "truncate", "append", "edit")
 
 
 def _build(root: Path) -> list[str]:
+    """Three executions: 1200 rows (failed rows, two parts), 120 rows with artifacts,
+    and 3 rows of a service redeployed since."""
     client = DeployClient(str(root), engine="inline")
-    svc = (client.service("fz").version("1").code_fn(integrityfns.score)
+    plain = (client.service("fz").version("1").code_fn(integrityfns.score)
+             .inputs(a=float, b=float).outputs(y=float).deploy())
+    # Artifacts cost a working folder per row: fewer rows.
+    art = (client.service("art").version("1").code_fn(integrityfns.score)
            .inputs(a=float, b=float).outputs(y=float).artifacts(["out.txt"]).deploy())
     other = (client.service("other").version("1").code_str("y = a + 1").inputs(a=float)
              .outputs(y=float).deploy())
     client.redeploy_service("other", version="1", code_str="y = a + 2")
-    frame = pd.DataFrame({"a": [float(i) for i in range(ROWS)], "b": 2.0})
-    first = svc.batch(frame, parallel_count=2).start()
-    assert first.wait(60).state == "Complete"
-    second = other.batch(pd.DataFrame({"a": [1.0, 2.0, 3.0]})).start()
-    assert second.wait(60).state == "Complete"
+    ids = []
+    for svc, frame in ((plain, _frame(ROWS)), (art, _frame(ART_ROWS)),
+                       (other, pd.DataFrame({"a": [1.0, 2.0, 3.0]}))):
+        batch = svc.batch(frame, parallel_count=2).start()
+        assert batch.wait(60).state == "Complete"
+        ids.append(batch.execution_id)
     client.close()
-    return [first.execution_id, second.execution_id]
+    return ids
+
+
+def _frame(rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"a": [float(i) for i in range(rows)], "b": 2.0})
 
 
 def _reads(root: Path, ids: list[str]) -> dict[str, Any]:
@@ -82,7 +93,7 @@ def _reads(root: Path, ids: list[str]) -> dict[str, Any]:
         attempt(f"{eid}:to_frame", lambda b=batch: b.results().to_frame())
         for i in (0, 7, 100, ROWS - 1):
             attempt(f"{eid}:execution({i})", lambda b=batch, i=i: _row(b.results(), i))
-        for i in (0, 500):
+        for i in (0, 100):
             attempt(f"{eid}:artifact({i})", lambda b=batch, i=i: b.artifact(i, "out.txt"))
     client.close()
     return out
@@ -249,14 +260,14 @@ def _header_path(root: Path, eid: str) -> Path:
 def test_a_damaged_execution_json_is_listed_as_damaged_and_hides_nothing_else(built, content):
     from localbatch._cli import main
 
-    root, (eid, other) = built
+    root, (eid, art, other) = built
     _header_path(root, eid).write_text(content)
     client = DeployClient(str(root))
     listing = client.list_executions()
     damaged = [h for h in listing if h.get("damaged")]
     assert [h["execution_id"] for h in damaged] == [eid]
     assert damaged[0]["state"] == "Failed" and "execution.json" in damaged[0]["error"]
-    assert [h["execution_id"] for h in listing if not h.get("damaged")] == [other]
+    assert [h["execution_id"] for h in listing if not h.get("damaged")] == [art, other]
     with pytest.raises(StoreCorruptedError, match="execution.json"):
         client.get_execution(eid)
     assert client.get_execution(other).results().state == "Complete"
@@ -270,7 +281,7 @@ def test_a_damaged_execution_json_is_listed_as_damaged_and_hides_nothing_else(bu
 
 
 def test_an_unknown_state_is_damage_not_a_hang(built):
-    root, (eid, _) = built
+    root, (eid, _, _) = built
     path = _header_path(root, eid)
     header = json.loads(path.read_text())
     header["state"] = "Sleeping"
@@ -293,14 +304,14 @@ def test_a_truncated_manifest_hides_only_its_version(built):
     manifest.write_bytes(manifest.read_bytes()[:40])
     with pytest.warns(LocalBatchWarning, match="manifest.json"):
         names = [m["name"] for m in client.list_services()]
-    assert names == ["other"]
+    assert names == ["art", "other"]
     with pytest.raises(StoreCorruptedError, match="manifest.json"):
         client.get_service("fz", version="1")
     assert client.get_service("other").version == "1"
 
 
 def test_editing_a_part_row_range_is_detected(built):
-    root, (eid, _) = built
+    root, (eid, _, _) = built
     part = root / "executions" / eid / "results" / "part-000000.lbp"
     data = part.read_bytes()
     # The row index is stored as a range [start, step]: move it by one row.
@@ -314,7 +325,7 @@ def test_editing_a_part_row_range_is_detected(built):
 
 
 def test_resume_reruns_the_rows_of_a_damaged_part_exactly_once(built, fault_log):
-    root, (eid, _) = built
+    root, (eid, _, _) = built
     shutil.rmtree(fault_log)
     fault_log.mkdir()
     results = root / "executions" / eid / "results"
@@ -336,7 +347,7 @@ def test_resume_reruns_the_rows_of_a_damaged_part_exactly_once(built, fault_log)
 
 
 def test_half_written_artifacts_never_survive_resume(built):
-    root, (eid, _) = built
+    root, (_, eid, _) = built
     art = root / "executions" / eid / "artifacts"
     (art / ".tmp-5-deadbeef").mkdir()
     (art / ".tmp-5-deadbeef" / "out.txt").write_text("half")
@@ -350,7 +361,7 @@ def test_format_1_parts_are_still_read(built):
     """Stores written before the checksum keep working (read unverified)."""
     import struct
 
-    root, (eid, _) = built
+    root, (eid, _, _) = built
     before = DeployClient(str(root)).get_execution(eid).results().to_frame()
     for part in (root / "executions" / eid).glob("*/part-*.lbp"):
         data = part.read_bytes()
