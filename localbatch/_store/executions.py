@@ -69,12 +69,15 @@ from .fsutil import (
 from .states import ACTIVE, ExecutionHeader, ExecutionState, check_header
 
 __all__ = [
-    "ExecutionStore",
     "ARTIFACT_SUMS",
+    "CORRUPT_SUFFIX",
+    "ExecutionStore",
     "OwnerLock",
+    "PIN",
     "RowMap",
     "check_artifact_name",
     "check_execution_id",
+    "checked_index",
 ]
 
 #: 2: checksummed parts, header and artifact folders (1: read unverified).
