@@ -400,7 +400,8 @@ def read_blobs(path: Path, manifest: Manifest) -> dict[str, bytes]:
             raise ServiceLoadError(f"service blob {fname} cannot be read: {exc}") from exc
         if sha256(data) != digest:
             raise ServiceLoadError(
-                f"service blob {fname} of {manifest['name']} {manifest['version']} does not "
-                "match its manifest hash: refusing to unpickle it")
+                f"{path / fname} is damaged: service blob {fname} of {manifest['name']} "
+                f"{manifest['version']} does not match its manifest hash: refusing to "
+                "unpickle it")
         out[fname] = data
     return out
