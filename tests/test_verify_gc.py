@@ -161,3 +161,13 @@ def test_gc_removes_board_folders_of_dead_owners_only(finished):
 
         for folder in (dead, live, empty):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_verify_notes_files_others_may_read_without_calling_them_damaged(finished, capsys):
+    root, client, eid = finished
+    header = root / "executions" / eid / "execution.json"
+    os.chmod(header, 0o644)  # as a store written before 0600 was the rule
+    [note] = client.verify()
+    assert not note.damaged and note.path.startswith(str(header)) and "go-rwx" in note.problem
+    assert main(["--store", str(root), "verify"]) == 0
+    assert "intact (1 note(s))" in capsys.readouterr().out

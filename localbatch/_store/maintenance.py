@@ -1,7 +1,8 @@
 """Store maintenance: ``verify`` reads every file and says what is damaged; ``gc``
 removes what nothing will ever use again.
 
-``verify`` checks what readers check, all at once: each execution's
+``verify`` checks what readers check, all at once (and notes files others may
+read, from stores written before 0600/0700 was the rule): each execution's
 ``execution.json`` (checksum and shape), input and result parts (CRC-32 and row
 range), the header's counters against the parts of an ended execution, each
 artifact against its folder's checksums; each service version's ``current`` and
@@ -26,8 +27,10 @@ an older store that carries no checksum, a part moved aside by ``resume()``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,7 +91,24 @@ def verify_store(root: Path, execution_id: str | None = None) -> list[Finding]:
     found += _verify_registry(Registry(root))
     found += [Finding(str(p), "leftover of a killed writer (gc removes it)", False)
               for p in _staging_entries(root)]
+    found += _not_private(root)
     return found
+
+
+def _not_private(root: Path) -> list[Finding]:
+    """One note naming the first of the files (folders) others may read (older stores)."""
+    loose: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name, private in [*((d, 0o700) for d in dirnames), *((f, 0o600) for f in filenames)]:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & ~private:
+                    loose.append(f"{path} (mode {stat.S_IMODE(mode):04o})")
+    if not loose:
+        return []
+    return [Finding(loose[0], f"{len(loose)} store file(s)/folder(s) others may read, this "
+                              f"one first: chmod -R go-rwx {root}", False)]
 
 
 def _execution_ids(store: ExecutionStore) -> list[str]:

@@ -282,6 +282,7 @@ def test_a_damaged_execution_json_is_listed_as_damaged_and_hides_nothing_else(bu
 
 def test_an_unknown_state_is_damage_not_a_hang(built):
     root, (eid, _, _) = built
+    batch = DeployClient(str(root)).get_execution(eid)  # opened before the damage
     path = _header_path(root, eid)
     header = json.loads(path.read_text())
     header["state"] = "Sleeping"
@@ -291,6 +292,8 @@ def test_an_unknown_state_is_damage_not_a_hang(built):
     client = DeployClient(str(root))
     with pytest.raises(StoreCorruptedError, match="unknown state 'Sleeping'"):
         client.get_execution(eid)
+    with pytest.raises(StoreCorruptedError, match="execution.json"):
+        batch.wait(timeout=30)  # raises at once: no poll loop spins on a state it cannot know
     from localbatch._store.executions import ExecutionStore
 
     with pytest.raises(StoreCorruptedError, match="execution.json"):
