@@ -66,7 +66,7 @@ from .fsutil import (
     read_json,
     write_json,
 )
-from .states import ACTIVE, ExecutionHeader, ExecutionState, check_header
+from .states import ExecutionHeader, ExecutionState, check_header
 
 __all__ = [
     "ARTIFACT_SUMS",
@@ -327,8 +327,9 @@ class ExecutionStore:
         A result part that fails its check is renamed ``*.corrupt`` (``verify`` still
         reports it) and its rows count as not recorded, so ``resume()`` runs them
         again, once; a header that said ``Complete`` then says ``Failed`` (resumable,
-        naming the part). Half-written artifact folders (``.tmp-*``, ``.old-*``) of a
-        killed commit are removed.
+        naming the part); other states keep theirs, with the counters recounted.
+        Half-written artifact folders (``.tmp-*``, ``.old-*``) of a killed commit are
+        removed.
         """
         folder = self.path(execution_id)
         _remove_leftovers(folder / "artifacts")
@@ -360,7 +361,7 @@ class ExecutionStore:
             mine = row_map.part_of[index] == k
             failed += int((~part.column("error_type").buffers["mask"][mine]).sum())
         header.update(completed=int(latest.sum()), failed=failed)
-        if header["state"] not in ACTIVE:
+        if header["state"] == ExecutionState.COMPLETE:  # no longer true; resume() finishes it
             header.update(state=ExecutionState.FAILED, resumable=True,
                           error=f"StoreCorruptedError: damaged result part(s) "
                                 f"{', '.join(moved)} moved aside; resume() runs their rows "
