@@ -144,7 +144,6 @@ class MLServer(Operationalization):
         if version is None:
             raise ValueError("Missing the required parameter `version`: delete_service(name, "
                              "version=...) deletes one version")
-        self._registry.get(name, version)
         store = self._executions.store
         # Revisions of executions, and of batches still starting, stay (see Registry.delete).
         return self._registry.delete(name, version,

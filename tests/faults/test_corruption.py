@@ -27,7 +27,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from localbatch import DeployClient, LocalBatchWarning, StoreCorruptedError
+from localbatch import (
+    DeployClient,
+    LocalBatchWarning,
+    ServiceNotFoundError,
+    StoreCorruptedError,
+)
 
 from . import integrityfns
 
@@ -311,6 +316,10 @@ def test_a_truncated_manifest_hides_only_its_version(built):
     with pytest.raises(StoreCorruptedError, match="manifest.json"):
         client.get_service("fz", version="1")
     assert client.get_service("other").version == "1"
+    assert client.delete_service("fz", version="1")  # a damaged version can be deleted
+    assert [m["name"] for m in client.list_services()] == ["art", "other"]  # no warning
+    with pytest.raises(ServiceNotFoundError):
+        client.delete_service("fz", version="1")
 
 
 def test_editing_a_part_row_range_is_detected(built):
