@@ -242,8 +242,9 @@ def gc_store(root: Path, dry_run: bool = False, grace: float = GRACE, boards: bo
     found: list[tuple[Path, str]] = []
     for path in _staging_entries(root):
         # A staging folder is written without pause until it is published (or removed
-        # by its writer on failure): one untouched for ``grace`` lost its writer.
-        if path.name.startswith("deleted-") or _untouched(path, now, grace):
+        # by its writer on failure): one untouched for ``grace`` lost its writer. A
+        # revision delete_service is deciding on is touched when hidden, so it waits too.
+        if _untouched(path, now, grace):
             found.append((path, "staging leftover of a killed writer"))
     for eid in _execution_ids(store):
         if store.owner_alive(eid):

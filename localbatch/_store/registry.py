@@ -346,6 +346,7 @@ class Registry:
             if rev.is_dir() and rev.name not in kept:
                 target = trash / f"deleted-{rev.name}-{uuid.uuid4().hex[:8]}"
                 os.rename(rev, target)
+                os.utime(target)  # fresh: gc leaves it alone while this call decides
                 hidden.append((rev, target))
         kept = pinned() if hidden and callable(keep) else kept
         for rev, target in hidden:
