@@ -4,9 +4,12 @@
 
     <root>/executions/<id>/execution.json   header + state, rewritten atomically by the owner
                           owner.lock        POSIX record lock held by the owner for its life
+                          pin.json          the revision it runs (written before spooling)
                           inputs/part-NNNNNN.lbp    the input spool (columnar)
                           results/part-NNNNNN.lbp   result parts (columnar, fixed schema)
+                          results/part-NNNNNN.lbp.corrupt   a damaged part moved aside
                           artifacts/<index>/<name>  per-row files
+                          artifacts/<index>/.localbatch-checksums   their CRC-32s
                           execution.log     events (concurrent-log-handler)
                           cancel            marker: a cancel was requested
 
