@@ -385,3 +385,17 @@ def test_format_1_parts_are_still_read(built):
         part.write_bytes(b"LBP1" + struct.pack("<I", len(head)) + head + body)
     after = DeployClient(str(root)).get_execution(eid).results().to_frame()
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_json_of_older_stores_is_read_and_a_missing_checksum_is_damage_from_format_2(
+        built):
+    root, (eid, _, _) = built
+    path = _header_path(root, eid)
+    header = json.loads(path.read_text())
+    del header["checksum"]
+    path.write_text(json.dumps(header))  # format 2 without its checksum: damage
+    with pytest.raises(StoreCorruptedError, match="checksum is missing"):
+        DeployClient(str(root)).get_execution(eid)
+    header["format_version"] = 1  # as a store written before checksums
+    path.write_text(json.dumps(header))
+    assert DeployClient(str(root)).get_execution(eid).results().state == "Complete"
