@@ -14,7 +14,7 @@ from ._engines.registry import get_engine
 from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
 from ._service import Service
 from ._store.executions import ExecutionStore
-from ._store.fsutil import make_private_dir
+from ._store.fsutil import open_store_root
 from ._store.registry import Registry
 from ._store.revision import ServiceSpec
 from ._workers.pool import WORKER_POOL
@@ -79,12 +79,14 @@ class MLServer(Operationalization):
     """The local "server": a registry of services and a store of executions."""
 
     def __init__(self, store: Any = None, *, engine: Any = None,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, strict: bool | None = None) -> None:
         self.store_path = _resolve_store(store)
         if self.store_path.exists() and not self.store_path.is_dir():
             raise ConfigurationError(f"store {self.store_path} is a file, not a folder")
         try:
-            make_private_dir(self.store_path)
+            # strict: a store others can write is an error, not a warning (None: the
+            # LOCALBATCH_STRICT environment variable decides).
+            open_store_root(self.store_path, strict)
         except OSError as exc:
             raise ConfigurationError(f"cannot create store {self.store_path}: {exc}") from None
         self._registry = Registry(self.store_path)
@@ -142,10 +144,10 @@ class MLServer(Operationalization):
         if version is None:
             raise ValueError("Missing the required parameter `version`: delete_service(name, "
                              "version=...) deletes one version")
-        self._registry.get(name, version)
-        keep = {h.get("revision") for h in self._executions.headers()
-                if h.get("service") == name and h.get("version") == version}
-        return self._registry.delete(name, version, {k for k in keep if k})
+        store = self._executions.store
+        # Revisions of executions, and of batches still starting, stay (see Registry.delete).
+        return self._registry.delete(name, version,
+                                     lambda: store.pinned_revisions(name, version))
 
     def deploy_service(self, name: str, **opts: Any) -> Any:
         """Publish a service from the builder's options as keywords; returns the Service."""
@@ -222,6 +224,21 @@ class MLServer(Operationalization):
             record = self._registry.get(header["service"])
         return Batch(Service(record, self._executions), execution_id=execution_id)
 
+    def verify(self, execution_id: str | None = None) -> list[Any]:
+        """What is damaged in the store (or in one execution): a list of findings, each
+        with ``path``, ``problem`` and ``damaged`` (False: a note). Empty: all intact."""
+        from ._store.maintenance import verify_store
+
+        return verify_store(self.store_path, execution_id)
+
+    def gc(self, dry_run: bool = False) -> list[Any]:
+        """Remove staging leftovers, dead owners' board folders and revisions nothing
+        uses; returns what was (``dry_run``: would be) removed, with ``path``,
+        ``reason`` and ``size``."""
+        from ._store.maintenance import gc_store
+
+        return gc_store(self.store_path, dry_run)
+
     def close(self) -> None:
         """Stop this process's idle warm workers now (they also stop at exit).
 
@@ -275,8 +292,9 @@ class DeployClient(MLServer):
     """
 
     def __init__(self, host: Any = None, auth: Any = None, use: Any = None, *,
-                 engine: Any = None, start_method: str | None = None) -> None:
+                 engine: Any = None, start_method: str | None = None,
+                 strict: bool | None = None) -> None:
         _check_use(use)
-        super().__init__(host, engine=engine, start_method=start_method)
+        super().__init__(host, engine=engine, start_method=start_method, strict=strict)
         if auth is not None:
             self.authentication(auth)

@@ -51,7 +51,7 @@ def execution_logger(folder: Path, execution_id: str) -> logging.Logger:
     if not log.handlers:
         handler = ConcurrentRotatingFileHandler(
             str(folder / "execution.log"), maxBytes=5 << 20, backupCount=3,
-            keep_file_open=False)
+            keep_file_open=False, chmod=0o600)  # private, like every store file
         handler.setFormatter(logging.Formatter(_FORMAT))
         log.addHandler(_QuietHandler(handler))
         log.setLevel(logging.INFO)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from localbatch import ServiceLoadError
+from localbatch._store.fsutil import write_json
 
 USERMOD = '''
 FACTOR = 10
@@ -132,7 +133,7 @@ def _rewrite(rec, fname: str, data: bytes, *, fix_hash: bool, python: str | None
         manifest["blobs"][fname] = hashlib.sha256(data).hexdigest()
     if python:
         manifest["versions"]["python"] = python
-    (rec.path / "manifest.json").write_text(json.dumps(manifest))
+    write_json(rec.path / "manifest.json", manifest)  # with its checksum
 
 
 def test_a_tampered_blob_is_refused_before_unpickling(client, tmp_path: Path):

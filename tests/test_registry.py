@@ -16,6 +16,7 @@ from localbatch import (
     ServiceLoadError,
     ServiceNotFoundError,
 )
+from localbatch._store.fsutil import write_json
 from localbatch._store.registry import Registry, read_blobs
 
 SDK_META_KEYS = {"name", "version", "code", "initCode", "inputParameterDefinitions",
@@ -153,10 +154,10 @@ def test_delete_keeps_revisions_executions_still_use(store: Path):
 def test_revisions_are_immutable_and_current_is_swapped(client):
     first = _deploy(client, "rev", "1")._record
     vdir = first.path.parent
-    assert json.loads((vdir / "current").read_text()) == {"revision": first.revision}
+    assert json.loads((vdir / "current").read_text())["revision"] == first.revision
     before = {p.name: p.read_bytes() for p in first.path.iterdir()}
     second = client.service("rev").version("1").code_str("r = a + 1").redeploy()._record
-    assert json.loads((vdir / "current").read_text()) == {"revision": second.revision}
+    assert json.loads((vdir / "current").read_text())["revision"] == second.revision
     assert {p.name: p.read_bytes() for p in first.path.iterdir()} == before
     assert second.manifest["created"] == first.manifest["created"]
     assert not any((client.store_path / "services" / ".staging").iterdir())
@@ -176,7 +177,7 @@ def test_manifest_records_versions_and_blob_hashes(client, mtcars):
     assert set(rec.manifest["blobs"]) == {"code.pkl", "model-model.pkl", "object-k.pkl"}
     for fname, digest in rec.manifest["blobs"].items():
         assert hashlib.sha256((rec.path / fname).read_bytes()).hexdigest() == digest
-    assert rec.manifest["format_version"] == 1
+    assert rec.manifest["format_version"] == 2  # checksummed manifest (Step 10)
 
 
 class _Touch:
@@ -196,7 +197,7 @@ def _plant(rec, fname: str, data: bytes, *, fix_hash: bool) -> None:
     if fix_hash:
         manifest = json.loads((rec.path / "manifest.json").read_text())
         manifest["blobs"][fname] = hashlib.sha256(data).hexdigest()
-        (rec.path / "manifest.json").write_text(json.dumps(manifest))
+        write_json(rec.path / "manifest.json", manifest)  # with its checksum
 
 
 def test_blob_hash_is_checked_before_unpickling(client, tmp_path: Path):

@@ -11,6 +11,8 @@
     localbatch cancel|resume|retry-failed ID
     localbatch logs ID [--follow]
     localbatch prune --older-than 7d
+    localbatch verify [ID]                     damaged files (exit 1), or "intact"
+    localbatch gc [--dry-run]                  remove leftovers and unused revisions
 
 Exit status of ``run``, ``resume`` and ``retry-failed``: 0 every row succeeded,
 1 some rows failed, 2 usage error, 3 the batch Failed, 4 Canceled (Ctrl-C
@@ -23,6 +25,7 @@ The modules, each importing only those below it::
     parser     the argparse tree: one row per command, argument types
     running    run / resume / retry-failed, following progress
     commands   services / show / status / results / failed / artifacts / cancel / logs / prune
+    maintenance  verify / gc
     lookup     store, service and execution lookup; the CLI's only reach into the engine
     output     messages, text tables, times, sizes, input readers, frame writers
     exits      exit statuses and CliError

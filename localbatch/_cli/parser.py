@@ -23,6 +23,7 @@ from .commands import (
     cmd_show,
     cmd_status,
 )
+from .maintenance import cmd_gc, cmd_verify
 from .running import cmd_resume, cmd_retry_failed, cmd_run
 
 __all__ = ["build_parser"]
@@ -165,6 +166,15 @@ def _args_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
 
+def _args_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", nargs="?", metavar="ID",
+                   help="only this execution (an id or a unique prefix)")
+
+
+def _args_gc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+
 #: (name, function, help, arguments), in the order ``--help`` lists them.
 COMMANDS: tuple[tuple[str, Command, str, AddArgs], ...] = (
     ("services", cmd_services, "list services and their versions", _args_services),
@@ -180,6 +190,10 @@ COMMANDS: tuple[tuple[str, Command, str, AddArgs], ...] = (
      _args_retry_failed),
     ("logs", cmd_logs, "print an execution's log", _args_logs),
     ("prune", cmd_prune, "delete finished executions and their artifacts", _args_prune),
+    ("verify", cmd_verify, "check every file of the store (or an execution) for damage",
+     _args_verify),
+    ("gc", cmd_gc, "remove staging leftovers, dead owners' boards, unused revisions",
+     _args_gc),
 )
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._errors import BatchError, ResumeError, SchemaError, StoreError
+from .._errors import BatchError, ResumeError, SchemaError, StoreCorruptedError, StoreError
 from .._logging import close_execution_logger, execution_logger
 from .._schema import InputTable
 from .._store.commit import Committer, history_entry, now_iso
@@ -23,7 +23,13 @@ from .._store.fsutil import unlink_if_present
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
 from .._store.spool import CsvSource, spool_csv, spool_table
-from .._store.states import ACTIVE, TERMINAL, ExecutionState, resumes_only_forced
+from .._store.states import (
+    ACTIVE,
+    TERMINAL,
+    ExecutionState,
+    damaged_header,
+    resumes_only_forced,
+)
 from .base import RUNS, BatchOptions, Engine, RunContext, RunHandle
 from .consume import consume
 from .registry import get_engine
@@ -63,11 +69,13 @@ class Executions:
         return header
 
     def headers(self) -> list[dict[str, Any]]:
-        """Every readable execution's effective header (unreadable ones are skipped)."""
+        """Every execution's effective header (a damaged one as ``damaged_header``)."""
         out = []
         for execution_id in self.store.list_ids():
             try:
                 out.append(self.header(execution_id))
+            except StoreCorruptedError as exc:  # listed as damaged, the rest still listed
+                out.append(damaged_header(execution_id, exc, self.store.created_of(execution_id)))
             except (LookupError, OSError):
                 continue
         return out
@@ -125,7 +133,7 @@ class Executions:
         engine = engine or self.engine
         store = self.store
         execution_id = store.new_id()
-        staging = store.staging(execution_id)
+        staging = store.staging(execution_id, pin=record)  # delete_service keeps it
         engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
         try:
             if isinstance(source, CsvSource):

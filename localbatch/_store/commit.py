@@ -53,7 +53,7 @@ class Committer:
         self._buffer: list[dict[str, Any]] = []
         self._buffered_rows = 0
         self._first_buffered = 0.0
-        self._seq = len(store.part_names(execution_id))
+        self._seq = store.next_part_seq(execution_id)  # parts moved aside keep their number
         self.recorded = np.zeros(self.total, np.bool_)
         self.failed = np.zeros(self.total, np.bool_)
         self.completed_count = 0

@@ -4,11 +4,24 @@
 
     <root>/executions/<id>/execution.json   header + state, rewritten atomically by the owner
                           owner.lock        POSIX record lock held by the owner for its life
+                          pin.json          the revision it runs (written before spooling)
                           inputs/part-NNNNNN.lbp    the input spool (columnar)
                           results/part-NNNNNN.lbp   result parts (columnar, fixed schema)
+                          results/part-NNNNNN.lbp.corrupt   a damaged part moved aside
                           artifacts/<index>/<name>  per-row files
+                          artifacts/<index>/.localbatch-checksums   their CRC-32s
                           execution.log     events (concurrent-log-handler)
                           cancel            marker: a cancel was requested
+
+Nothing read is trusted: parts carry a CRC-32 (``_format/part.py``),
+``execution.json`` a checksum and a checked shape (``states.check_header``), each
+artifact folder a ``.localbatch-checksums`` file; damage raises
+``StoreCorruptedError`` naming the file. Whoever takes ownership of an execution
+(:meth:`ExecutionStore.take_ownership`: resume, retry, cancel of an orphan) first
+repairs what a previous owner left (:meth:`ExecutionStore.recover`): a damaged
+result part is moved aside to ``*.corrupt`` (its rows then have no record and run
+again), half-written ``artifacts/.tmp-*`` folders are removed. Every file is
+0600, every folder 0700.
 
 Commit protocol: a row is recorded when the part holding it is published (an
 exclusive link of a fully written file), so a reader never sees half a part.
@@ -21,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -28,6 +42,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +54,7 @@ from .._errors import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
     RowNotRecordedError,
+    ServiceNotFoundError,
     StoreCorruptedError,
     StoreError,
 )
@@ -53,17 +69,29 @@ from .fsutil import (
     read_json,
     write_json,
 )
-from .states import ExecutionHeader
+from .states import ExecutionHeader, ExecutionState, check_header
 
 __all__ = [
+    "ARTIFACT_SUMS",
+    "CORRUPT_SUFFIX",
     "ExecutionStore",
     "OwnerLock",
+    "PIN",
     "RowMap",
     "check_artifact_name",
     "check_execution_id",
+    "checked_index",
 ]
 
-FORMAT_VERSION = 1
+#: 2: checksummed parts, header and artifact folders (1: read unverified).
+FORMAT_VERSION = 2
+#: The file in each artifact folder naming the CRC-32 of every artifact in it.
+ARTIFACT_SUMS = ".localbatch-checksums"
+#: The file in an execution's staging folder naming the revision it pins.
+PIN = "pin.json"
+#: Suffix of a damaged result part moved aside by :meth:`ExecutionStore.recover`.
+CORRUPT_SUFFIX = ".corrupt"
+_PART_RE = re.compile(r"^part-(\d{6,})\.lbp")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -78,9 +106,13 @@ def check_execution_id(execution_id: Any) -> str:
 
 
 def check_artifact_name(name: Any) -> str:
-    if not is_plain_file_name(name):
+    if not is_plain_file_name(name) or name == ARTIFACT_SUMS:
         raise ArtifactNotFoundError(f"{name!r} is not a valid artifact name")
     return name
+
+
+def _crc(data: bytes) -> str:
+    return f"{zlib.crc32(data):08x}"
 
 
 class OwnerLock:
@@ -185,26 +217,65 @@ class ExecutionStore:
     def new_id(self) -> str:
         return uuid.uuid4().hex
 
-    def staging(self, execution_id: str) -> Path:
-        """A private folder to build an execution in before it is published."""
+    def staging(self, execution_id: str, pin: Any = None) -> Path:
+        """A private folder to build an execution in before it is published.
+
+        ``pin`` (a ``ServiceRecord``) pins the revision the batch will run from now
+        on, before its header exists: ``delete_service`` keeps a pinned revision
+        (:meth:`pinned_revisions`), and a revision deleted before the pin was
+        written is reported here as deleted, not as a missing file in a worker.
+        """
         path = make_private_dir(self.root / ".staging") / execution_id
-        (path / "inputs").mkdir(parents=True, mode=0o700)
+        path.mkdir(mode=0o700)  # mkdir(parents=True) would make it 0o777 & ~umask
+        (path / "inputs").mkdir(mode=0o700)
+        if pin is not None:
+            write_json(path / PIN, {"service": pin.name, "version": pin.version,
+                                    "revision": pin.revision})
+            if not (pin.path / "manifest.json").is_file():
+                self.discard_staging(path)
+                raise ServiceNotFoundError(f"service {pin.name} version {pin.version} was "
+                                           "deleted while the batch was starting")
         return path
+
+    def pinned_revisions(self, service: str, version: str) -> set[str]:
+        """Revisions of a service version that executions (published or starting) use."""
+        out = set()
+        for eid in self.list_ids():
+            try:
+                header = self.read_header(eid)
+            except (StoreError, LookupError):
+                continue
+            if header["service"] == service and header["version"] == version:
+                out.add(header["revision"])
+        staging = self.root / ".staging"
+        for pin in staging.glob(f"*/{PIN}") if staging.is_dir() else []:
+            with contextlib.suppress(OSError, StoreError):
+                p = read_json(pin)
+                if isinstance(p, dict) and (p.get("service"), p.get("version")) == (
+                        service, version):
+                    out.add(str(p.get("revision")))
+        return out
 
     def publish(self, staging: Path, header: ExecutionHeader) -> OwnerLock:
         """Write the header, take the owner lock, and make the execution visible."""
-        header.setdefault("format_version", FORMAT_VERSION)
-        for sub in ("results", "artifacts"):
-            (staging / sub).mkdir(mode=0o700, exist_ok=True)
-        write_json(staging / "execution.json", header)
+        header["format_version"] = FORMAT_VERSION
+        try:
+            for sub in ("results", "artifacts"):
+                (staging / sub).mkdir(mode=0o700, exist_ok=True)
+            write_json(staging / "execution.json", header)
+        except BaseException:
+            self.discard_staging(staging)  # a live owner cleans up after itself
+            raise
         lock = OwnerLock(staging / "owner.lock")
         if not lock.acquire():
+            self.discard_staging(staging)
             raise StoreError(f"cannot lock new execution {staging.name}")
         final = self.root / staging.name
         try:
             os.rename(staging, final)
         except OSError as exc:
             lock.release()
+            self.discard_staging(staging)
             raise StoreError(exc.errno, f"cannot publish execution: {exc}") from exc
         lock.path = final / "owner.lock"
         with _HELD_LOCK:
@@ -221,7 +292,8 @@ class ExecutionStore:
         path = self._require(execution_id)
         for _ in range(3):
             try:
-                return dict(read_json(path / "execution.json"))
+                return dict(check_header(read_json(path / "execution.json"),
+                                         path / "execution.json"))
             except FileNotFoundError:
                 time.sleep(0.01)
         raise ExecutionNotFoundError(f"execution {execution_id!r} was deleted")
@@ -235,14 +307,88 @@ class ExecutionStore:
         return _probe_lock(self.path(execution_id) / "owner.lock")
 
     def take_ownership(self, execution_id: str, attempts: int = 20) -> OwnerLock | None:
-        """Become the owner (for resume/cancel of an orphan); None if someone holds it."""
+        """Become the owner (for resume/cancel of an orphan); None if someone holds it.
+
+        The new owner first repairs what the last one left (:meth:`recover`).
+        """
         lock = OwnerLock(self._require(execution_id) / "owner.lock")
         for _ in range(attempts):
             # A reader's probe holds the lock for microseconds: retry briefly.
             if lock.acquire():
+                try:
+                    self.recover(execution_id)
+                except BaseException:
+                    lock.release()
+                    raise
                 return lock
             time.sleep(0.02)
         return None
+
+    def recover(self, execution_id: str) -> list[str]:
+        """Repair an execution this process owns; returns the parts moved aside.
+
+        A result part that fails its check is renamed ``*.corrupt`` (``verify`` still
+        reports it) and its rows count as not recorded, so ``resume()`` runs them
+        again, once; a header that said ``Complete`` then says ``Failed`` (resumable,
+        naming the part); other states keep theirs, with the counters recounted.
+        Half-written artifact folders (``.tmp-*``, ``.old-*``) of a killed commit are
+        removed.
+        """
+        folder = self.path(execution_id)
+        _remove_leftovers(folder / "artifacts")
+        moved = []
+        for name in self.part_names(execution_id):
+            try:
+                self.read_part(execution_id, name)
+            except StoreCorruptedError:
+                moved.append(name)
+                os.replace(folder / "results" / name,
+                           folder / "results" / f"{name}{CORRUPT_SUFFIX}")
+                with self._parts_lock:
+                    self._parts.pop((execution_id, f"results/{name}"), None)
+        if moved:
+            # A damaged header is reported by whoever reads it next; the move stands.
+            with contextlib.suppress(StoreCorruptedError):
+                self._reopen_header(execution_id, moved)
+        return moved
+
+    def _reopen_header(self, execution_id: str, moved: list[str]) -> None:
+        """Counters recounted without the moved parts; an ended run is resumable."""
+        header = self.read_header(execution_id)
+        row_map = self.row_map(execution_id, int(header["total"]))
+        latest = row_map.part_of >= 0
+        failed = 0
+        for k, name in enumerate(row_map.parts):
+            part = self.read_part(execution_id, name)
+            index = part.column("index").buffers["values"]
+            mine = row_map.part_of[index] == k
+            failed += int((~part.column("error_type").buffers["mask"][mine]).sum())
+        header.update(completed=int(latest.sum()), failed=failed)
+        if header["state"] == ExecutionState.COMPLETE:  # no longer true; resume() finishes it
+            header.update(state=ExecutionState.FAILED, resumable=True,
+                          error=f"StoreCorruptedError: damaged result part(s) "
+                                f"{', '.join(moved)} moved aside; resume() runs their rows "
+                                "again")
+        self.write_header(execution_id, header)
+
+    def next_part_seq(self, execution_id: str, kind: str = "results") -> int:
+        """The number of the next part: one past every part, moved-aside ones too."""
+        try:
+            names = os.listdir(self.path(execution_id) / kind)
+        except FileNotFoundError:
+            return 0
+        seqs = [int(m.group(1)) for m in map(_PART_RE.match, names) if m]
+        return max(seqs, default=-1) + 1
+
+    def created_of(self, execution_id: str) -> str:
+        """When the execution's folder last changed (ISO): a damaged header's stand-in."""
+        import datetime as dt
+
+        try:
+            mtime = os.stat(self.path(execution_id)).st_mtime
+        except OSError:
+            return ""
+        return dt.datetime.fromtimestamp(mtime).isoformat(timespec="microseconds")
 
     def list_ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -296,7 +442,7 @@ class ExecutionStore:
         try:
             part = Part(path.read_bytes())
         except ValueError as exc:
-            raise StoreCorruptedError(f"{path} is corrupt: {exc}") from exc
+            raise StoreCorruptedError(f"{path} is damaged: {exc}") from None
         except OSError as exc:
             raise StoreError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
         if kind == "results":
@@ -317,7 +463,8 @@ class ExecutionStore:
         part_of = np.full(total, -1, np.int32)
         pos_of = np.full(total, -1, np.int32)
         for k, name in enumerate(names):
-            index = self.read_part(execution_id, name).column("index").buffers["values"]
+            part = self.read_part(execution_id, name)
+            index = checked_index(part, total, self.path(execution_id) / "results" / name)
             part_of[index] = k
             pos_of[index] = np.arange(len(index), dtype=np.int32)
         return RowMap(names, part_of, pos_of)
@@ -338,9 +485,14 @@ class ExecutionStore:
         final = self.artifact_dir(execution_id, index)
         tmp = final.with_name(f".tmp-{index}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(mode=0o700)
-        for name, data in files.items():
-            with open(tmp / check_artifact_name(name), "xb") as fh:
-                fh.write(data)
+        try:
+            for name, data in files.items():
+                _write_private(tmp / check_artifact_name(name), data)
+            sums = {name: _crc(data) for name, data in files.items()}
+            _write_private(tmp / ARTIFACT_SUMS, json.dumps(sums).encode())
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half folder
+            raise
         if final.exists():
             # A retry or a crashed earlier attempt left files: the new attempt replaces them.
             old = final.with_name(f".old-{index}-{uuid.uuid4().hex[:8]}")
@@ -352,8 +504,8 @@ class ExecutionStore:
         folder = self.artifact_dir(execution_id, index)
         if folder.is_symlink() or not folder.is_dir():
             return []
-        return sorted(n for n in os.listdir(folder) if not (folder / n).is_symlink()
-                      and (folder / n).is_file())
+        return sorted(n for n in os.listdir(folder) if n != ARTIFACT_SUMS
+                      and not (folder / n).is_symlink() and (folder / n).is_file())
 
     def read_artifact(self, execution_id: str, index: int, name: str) -> bytes:
         folder = self.artifact_dir(execution_id, index)
@@ -365,4 +517,48 @@ class ExecutionStore:
         except OSError:
             raise ArtifactNotFoundError(f"row {index} has no artifact {name!r}") from None
         with os.fdopen(fd, "rb") as fh:
-            return fh.read()
+            data = fh.read()
+        sums = self._artifact_sums(folder)
+        if sums is not None and sums.get(name) != _crc(data):
+            raise StoreCorruptedError(f"{folder / name} is damaged: its checksum in "
+                                      f"{folder / ARTIFACT_SUMS} does not match")
+        return data
+
+    def _artifact_sums(self, folder: Path) -> dict[str, str] | None:
+        """Name → CRC-32 of a row's artifacts (None: a folder of an older store)."""
+        path = folder / ARTIFACT_SUMS
+        try:
+            with open(path, "rb") as fh:
+                sums = json.loads(fh.read())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StoreCorruptedError(f"{path} is damaged: {exc}") from None
+        if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+            raise StoreCorruptedError(f"{path} is damaged: not a name -> checksum object")
+        return sums
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Half-written artifact folders of a commit that was killed or failed."""
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            if name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(folder / name, ignore_errors=True)
+
+
+def checked_index(part: Part, total: int, path: Path) -> np.ndarray:
+    """A result part's row numbers, each a row of the execution."""
+    try:
+        index = part.column("index").buffers["values"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StoreCorruptedError(f"{path} is damaged: no row index ({exc})") from None
+    if len(index) != part.rows or (len(index) and (index.min() < 0 or index.max() >= total)):
+        raise StoreCorruptedError(f"{path} is damaged: its rows lie outside 0..{total - 1}")
+    return index

@@ -5,6 +5,19 @@ folder, then ``os.replace``) or :func:`publish_exclusive` (temp file, then
 ``os.link``, which fails if the name exists: an exclusive claim with full content).
 :func:`atomic_write_with` is the one temp-then-rename writer; files localbatch
 writes outside the store (downloads, CLI output) use it too.
+
+Private by default: every file the store writes is created 0600 and every folder
+0700 (whatever the umask), so only the owner of the store reads pickles, code,
+inputs, results and logs. :func:`check_store_root` says when a store folder is not
+private: writable by others, or owned by another user.
+
+Checked JSON: every JSON object the store writes (``execution.json``, manifests,
+``current``) carries ``"checksum": "crc32:<hex>"``, the CRC-32 of its canonical
+form (the object without the checksum, keys sorted, compact separators);
+:func:`read_json` checks it and drops it, so a flipped bit or an edited field
+raises :class:`StoreCorruptedError` naming the file, like invalid JSON does. An
+object without a checksum is accepted only from an older store (``format_version``
+missing or 1).
 """
 
 from __future__ import annotations
@@ -14,20 +27,27 @@ import hashlib
 import json
 import os
 import re
+import stat
 import uuid
+import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from .._errors import StoreCorruptedError, StoreError
+from .._errors import ConfigurationError, LocalBatchWarning, StoreCorruptedError, StoreError
 
 __all__ = [
+    "JSON_FORMAT",
     "atomic_write",
     "atomic_write_with",
+    "check_store_root",
+    "checked_json_bytes",
     "encode_component",
     "is_plain_file_name",
     "make_private_dir",
+    "open_store_root",
     "publish_exclusive",
     "read_json",
     "sha256",
@@ -166,11 +186,37 @@ def publish_exclusive(path: Path, data: bytes, on_written: Callable[[], None] | 
             os.unlink(tmp)
 
 
+#: The ``format_version`` from which a JSON object must carry a checksum.
+JSON_FORMAT = 2
+_CHECKSUM = "checksum"
+
+
+def _json_crc(obj: dict[str, Any]) -> str:
+    body = {k: v for k, v in obj.items() if k != _CHECKSUM}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return f"crc32:{zlib.crc32(canon.encode()):08x}"
+
+
+def checked_json_bytes(obj: Any) -> bytes:
+    """The bytes :func:`write_json` writes: a dict gains its checksum."""
+    text = json.dumps(obj, indent=1, default=str)
+    if not isinstance(obj, dict):
+        return text.encode()
+    plain = json.loads(text)  # the checksum covers what a reader will parse back
+    plain[_CHECKSUM] = _json_crc(plain)
+    return json.dumps(plain, indent=1).encode()
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, default=str).encode())
+    atomic_write(path, checked_json_bytes(obj))
 
 
 def read_json(path: Path) -> Any:
+    """The JSON at ``path``, its checksum checked and dropped (see the module docstring).
+
+    ``FileNotFoundError`` passes through; other I/O errors are ``StoreError``, damage
+    is ``StoreCorruptedError`` naming the file.
+    """
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -179,9 +225,49 @@ def read_json(path: Path) -> Any:
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise StoreCorruptedError(f"{path} is not valid JSON: {exc}") from exc
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise StoreCorruptedError(f"{path} is damaged: not valid JSON ({exc})") from None
+    if isinstance(obj, dict):
+        _check_json(path, obj)
+    return obj
+
+
+def _check_json(path: Path, obj: dict[str, Any]) -> None:
+    stored = obj.pop(_CHECKSUM, None)
+    if stored is None:
+        version = obj.get("format_version", 1)
+        if not isinstance(version, int) or version >= JSON_FORMAT:
+            raise StoreCorruptedError(f"{path} is damaged: its checksum is missing")
+        return
+    if stored != _json_crc(obj):
+        raise StoreCorruptedError(f"{path} is damaged: checksum mismatch (edited or "
+                                  "corrupted on disk)")
+
+
+def check_store_root(path: Path) -> list[str]:
+    """Why the store folder ``path`` (or a folder above it) is not private; [] if it is.
+
+    A store whose folder others can write (or that another user owns) can be made to
+    run planted code: a revision's pickles are loaded from it. Sticky folders such as
+    ``/tmp`` above the store are fine: others cannot replace what they do not own.
+    """
+    problems: list[str] = []
+    uid = os.geteuid()
+    for folder in [path, *path.parents]:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue  # not created yet
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            who = "everyone" if st.st_mode & stat.S_IWOTH else "its group"
+            problems.append(f"{folder} is writable by {who} "
+                            f"(mode {stat.S_IMODE(st.st_mode):04o})")
+        # Folders above the store may belong to root (/, /home); the store is ours.
+        if st.st_uid != uid and (folder == path or st.st_uid != 0):
+            problems.append(f"{folder} is owned by another user (uid {st.st_uid}, "
+                            f"not {uid})")
+    return problems
 
 
 def sha256(data: bytes) -> str:
@@ -196,3 +282,27 @@ def unlink_if_present(path: Path) -> None:
         pass
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot clear {path}: {exc}") from exc
+
+
+def _strict_from_env() -> bool:
+    return os.environ.get("LOCALBATCH_STRICT", "") not in ("", "0")
+
+
+def open_store_root(path: Path, strict: bool | None = None) -> None:
+    """Create the store folder (0700) and check it is private (:func:`check_store_root`).
+
+    A store others can write is used with a ``LocalBatchWarning`` naming the path and
+    the problem; in strict mode (``strict=True``, or ``LOCALBATCH_STRICT=1`` when
+    ``strict`` is None) it is refused with ``ConfigurationError``, so nothing planted
+    there is ever loaded.
+    """
+    make_private_dir(path)
+    problems = check_store_root(path)
+    if not problems:
+        return
+    text = (f"store {path} is not private: {'; '.join(problems)}. Whoever can write there "
+            "can plant a service revision that localbatch would run: chmod 700 the store "
+            "and the folders above it (and make it yours)")
+    if _strict_from_env() if strict is None else strict:
+        raise ConfigurationError(text + " (strict mode refuses it)")
+    warnings.warn(text, LocalBatchWarning, stacklevel=4)

@@ -13,29 +13,39 @@ version give one service and one clear error) and ``redeploy`` swaps it with an
 atomic replace. Listing reads manifests only and never unpickles; blobs carry a
 SHA-256 that is checked before unpickling (:func:`read_blobs`, which hands them
 still pickled to whoever loads the service).
+
+Nothing read is trusted: ``current`` and every manifest carry a checksum
+(``fsutil.read_json``) and a manifest's shape is checked (:func:`check_manifest`);
+a damaged one raises ``StoreCorruptedError`` naming the file when that service is
+asked for, and listing skips it with a ``LocalBatchWarning`` so the other services
+stay listed (``localbatch verify`` reports it). Every file is 0600, every folder
+0700; a killed publish leaves only ``services/.staging`` for ``gc``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
 from .._errors import (
+    LocalBatchWarning,
     ServiceExistsError,
     ServiceLoadError,
     ServiceNotFoundError,
+    StoreCorruptedError,
     StoreError,
 )
 from .._schema import EncodingType
 from .fsutil import (
+    checked_json_bytes,
     encode_component,
     make_private_dir,
     publish_exclusive,
@@ -43,9 +53,9 @@ from .fsutil import (
     sha256,
     write_json,
 )
-from .revision import ServiceSpec, build_revision, check_name, source_text
+from .revision import FORMAT_VERSION, ServiceSpec, build_revision, check_name, source_text
 
-__all__ = ["Manifest", "Registry", "ServiceRecord", "read_blobs"]
+__all__ = ["Manifest", "Registry", "ServiceRecord", "check_manifest", "read_blobs"]
 
 
 class Manifest(TypedDict, total=False):
@@ -195,9 +205,10 @@ class Registry:
         manifest.update(version=version, revision=revision, created=created,
                         published=_now_iso())
         self._write_revision(vdir, revision, manifest, blobs, spec)
+        pointer = {"format_version": FORMAT_VERSION, "revision": revision}
         if replace:
-            write_json(current, {"revision": revision})
-        elif not publish_exclusive(current, json.dumps({"revision": revision}).encode()):
+            write_json(current, pointer)
+        elif not publish_exclusive(current, checked_json_bytes(pointer)):
             shutil.rmtree(vdir / revision, ignore_errors=True)
             raise ServiceExistsError(
                 f"service {spec.name!r} version {version!r} already exists: use redeploy() "
@@ -210,24 +221,37 @@ class Registry:
         try:
             staging.mkdir(mode=0o700)
             for fname, data in blobs.items():
-                (staging / fname).write_bytes(data)
+                _write_private(staging / fname, data)
             src = source_text(spec.code_fn)
             if src or spec.code_str:
-                (staging / "code.py").write_text(src or spec.code_str or "")
+                _write_private(staging / "code.py", (src or spec.code_str or "").encode())
             write_json(staging / "manifest.json", manifest)
             make_private_dir(vdir)
             os.rename(staging, vdir / revision)
-        except OSError as exc:
+        except BaseException as exc:
+            # A live publisher removes its own staging (a full disk, Ctrl-C); only a
+            # killed one leaves it, for ``gc``.
             shutil.rmtree(staging, ignore_errors=True)
-            raise StoreError(exc.errno, f"cannot publish service: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StoreError(exc.errno, f"cannot publish service: {exc}") from exc
+            raise
 
     # reading ----------------------------------------------------------------
 
-    def _current(self, vdir: Path) -> str | None:
+    def current_revision(self, vdir: Path) -> str | None:
+        """The revision id in a version folder's ``current``; None if it has none."""
+        path = vdir / "current"
         try:
-            return str(read_json(vdir / "current")["revision"])
+            pointer = read_json(path)
         except FileNotFoundError:
             return None
+        revision = pointer.get("revision") if isinstance(pointer, dict) else None
+        if not isinstance(revision, str):
+            raise StoreCorruptedError(f"{path} is damaged: no revision id")
+        try:
+            return check_name(revision, "revision")
+        except ValueError:
+            raise StoreCorruptedError(f"{path} is damaged: bad revision id") from None
 
     def get(self, name: str, version: str | None = None) -> ServiceRecord:
         check_name(name)
@@ -235,7 +259,7 @@ class Registry:
             return self.latest(name)
         check_name(version, "version")
         vdir = self._version_dir(name, version)
-        revision = self._current(vdir)
+        revision = self.current_revision(vdir)
         if revision is None:
             raise ServiceNotFoundError(f"No service found for {name} version {version}")
         return self.revision(name, version, revision)
@@ -244,7 +268,8 @@ class Registry:
         check_name(revision, "revision")
         path = self._version_dir(name, version) / revision
         try:
-            return ServiceRecord(path, read_json(path / "manifest.json"))
+            return ServiceRecord(path, check_manifest(read_json(path / "manifest.json"),
+                                                      path / "manifest.json"))
         except FileNotFoundError:
             raise ServiceNotFoundError(
                 f"revision {revision} of service {name} version {version} is gone")
@@ -271,7 +296,13 @@ class Registry:
         out = []
         for sdir in sdirs:
             for vdir in sdir.iterdir() if sdir.is_dir() else []:
-                record = self._live(vdir)
+                try:
+                    record = self._live(vdir)
+                except StoreCorruptedError as exc:
+                    # One damaged file hides its own version only; verify reports it.
+                    warnings.warn(f"skipped a damaged service version: {exc}",
+                                  LocalBatchWarning, stacklevel=3)
+                    continue
                 # Names and versions come from the manifest: long ones are hashed on disk.
                 if record is not None and (name is None or record.name == name):
                     out.append(record)
@@ -279,27 +310,85 @@ class Registry:
         return out
 
     def _live(self, vdir: Path) -> ServiceRecord | None:
-        rev = self._current(vdir) if vdir.is_dir() else None
+        rev = self.current_revision(vdir) if vdir.is_dir() else None
         if rev is None:
             return None
+        path = vdir / rev / "manifest.json"
         try:
-            return ServiceRecord(vdir / rev, read_json(vdir / rev / "manifest.json"))
+            return ServiceRecord(vdir / rev, check_manifest(read_json(path), path))
         except FileNotFoundError:
             return None  # deleted between the two reads
 
     # deleting ---------------------------------------------------------------
 
-    def delete(self, name: str, version: str, keep: set[str]) -> bool:
-        """Unpublish a version; revisions in ``keep`` (used by executions) stay on disk."""
-        record = self.get(name, version)
-        vdir = record.path.parent
-        os.unlink(vdir / "current")
+    def delete(self, name: str, version: str,
+               keep: set[str] | Callable[[], set[str]]) -> bool:
+        """Unpublish a version; revisions in ``keep`` (used by executions) stay on disk.
+
+        ``keep`` may be a function, asked again after the doomed revisions are hidden
+        (renamed into ``.staging``): a batch that pinned one meanwhile gets it back,
+        and a batch that pins later finds it gone (:meth:`ExecutionStore.staging`
+        checks after pinning), so no batch starts on a revision being deleted. A
+        version whose ``current`` or manifest is damaged can be deleted too.
+        """
+        check_name(name)
+        check_name(version, "version")
+        vdir = self._version_dir(name, version)
+        try:
+            os.unlink(vdir / "current")
+        except FileNotFoundError:
+            raise ServiceNotFoundError(f"No service found for {name} version {version}")
+        pinned = keep if callable(keep) else (lambda: keep)
+        kept = pinned()
+        trash = make_private_dir(self.root / ".staging")
+        hidden = []
         for rev in vdir.iterdir():
-            if rev.is_dir() and rev.name not in keep:
-                shutil.rmtree(rev, ignore_errors=True)
+            if rev.is_dir() and rev.name not in kept:
+                target = trash / f"deleted-{rev.name}-{uuid.uuid4().hex[:8]}"
+                os.rename(rev, target)
+                os.utime(target)  # fresh: gc leaves it alone while this call decides
+                hidden.append((rev, target))
+        kept = pinned() if hidden and callable(keep) else kept
+        for rev, target in hidden:
+            if rev.name in kept:
+                os.rename(target, rev)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
         with contextlib.suppress(OSError):
             vdir.rmdir()
         return True
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+#: Manifest fields every reader uses, with their types.
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "version": str, "revision": str, "kind": str, "inputs": list,
+    "outputs": list, "artifacts": list, "runtime": str, "created": str, "published": str,
+    "blobs": dict, "snapshot_id": str,
+}
+
+
+def check_manifest(obj: Any, where: Path) -> Manifest:
+    """A parsed ``manifest.json`` with the shape readers rely on; StoreCorruptedError
+    naming ``where`` otherwise."""
+    if not isinstance(obj, dict):
+        raise StoreCorruptedError(f"{where} is damaged: not an object")
+    for key, types in _MANIFEST_FIELDS.items():
+        if not isinstance(obj.get(key), types):
+            raise StoreCorruptedError(f"{where} is damaged: {key} = {obj.get(key)!r}")
+    try:
+        for d in (*obj["inputs"], *obj["outputs"]):
+            EncodingType(d["type"])
+            if not isinstance(d["name"], str):
+                raise TypeError("a name is not a str")
+    except (TypeError, KeyError, ValueError) as exc:
+        raise StoreCorruptedError(f"{where} is damaged: bad inputs/outputs ({exc})") from None
+    return obj  # type: ignore[return-value]
 
 
 def read_blobs(path: Path, manifest: Manifest) -> dict[str, bytes]:
@@ -312,7 +401,8 @@ def read_blobs(path: Path, manifest: Manifest) -> dict[str, bytes]:
             raise ServiceLoadError(f"service blob {fname} cannot be read: {exc}") from exc
         if sha256(data) != digest:
             raise ServiceLoadError(
-                f"service blob {fname} of {manifest['name']} {manifest['version']} does not "
-                "match its manifest hash: refusing to unpickle it")
+                f"{path / fname} is damaged: service blob {fname} of {manifest['name']} "
+                f"{manifest['version']} does not match its manifest hash: refusing to "
+                "unpickle it")
         out[fname] = data
     return out

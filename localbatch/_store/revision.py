@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "ServiceSpec", "build_revision", "check_name", "source_text"]
 
-FORMAT_VERSION = 1
+#: 2: manifests and `current` carry a checksum (fsutil.read_json); 1 is read unverified.
+FORMAT_VERSION = 2
 
 
 def check_name(name: Any, what: str = "service name") -> str:
@@ -340,7 +341,7 @@ def _check_operation(op_id: str | None, reserved: set[str]) -> None:
 def _check_artifacts(names: Iterable[Any]) -> list[str]:
     out: list[str] = []
     for name in names:
-        if not is_plain_file_name(name):
+        if not is_plain_file_name(name) or name == ".localbatch-checksums":
             raise InvalidServiceError(
                 f"artifact name {name!r} must be a plain file name (no folders)")
         if name not in out:

@@ -2,6 +2,12 @@
 
 Standard library only, so the command line and the views can name states without
 importing numpy (``localbatch --help`` stays ~20 ms).
+
+A header read from disk is checked field by field (:func:`check_header`) before
+anyone uses it: a state nobody knows, a total that is not a count, a list where
+an object belongs raise ``StoreCorruptedError`` naming the file, so no reader
+crashes with ``TypeError``/``KeyError`` and no wait loops on a state it cannot
+recognise.
 """
 
 from __future__ import annotations
@@ -9,7 +15,17 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, TypedDict
 
-__all__ = ["ACTIVE", "TERMINAL", "ExecutionHeader", "ExecutionState", "resumes_only_forced"]
+from .._errors import StoreCorruptedError
+
+__all__ = [
+    "ACTIVE",
+    "TERMINAL",
+    "ExecutionHeader",
+    "ExecutionState",
+    "check_header",
+    "damaged_header",
+    "resumes_only_forced",
+]
 
 
 class ExecutionState(str, Enum):
@@ -83,3 +99,51 @@ def resumes_only_forced(header: dict[str, Any]) -> bool:
     state = header["state"]
     return state == ExecutionState.CANCELED or (
         state == ExecutionState.FAILED and not header.get("resumable"))
+
+
+#: Fields every header has, and the types each may hold (None where it may be null).
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "execution_id": (str,), "service": (str,), "version": (str,), "revision": (str,),
+    "total": (int,), "state": (str,), "completed": (int,), "failed": (int,),
+}
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "format_version": (int,), "parallel_count": (int,), "engine": (str,),
+    "options": (dict,), "error": (str, type(None)), "resumable": (bool,),
+    "created": (str,), "started": (str, type(None)), "ended": (str, type(None)),
+    "updated": (str,), "owner_pid": (int,), "interrupted": (bool,), "resumed": (int,),
+    "retried_with": (str,),
+}
+_STATES = frozenset(s.value for s in ExecutionState)
+
+
+def check_header(obj: Any, where: object) -> ExecutionHeader:
+    """``obj`` (parsed ``execution.json``) as a header, or StoreCorruptedError naming
+    ``where``."""
+    if not isinstance(obj, dict):
+        raise StoreCorruptedError(f"{where} is damaged: a {type(obj).__name__}, not an "
+                                  "object")
+    for key in _REQUIRED:
+        if key not in obj:
+            raise StoreCorruptedError(f"{where} is damaged: no {key!r}")
+    for key, types in (*_REQUIRED.items(), *_OPTIONAL.items()):
+        value = obj.get(key, None)
+        if key in obj and (not isinstance(value, types)
+                           or (isinstance(value, bool) and bool not in types)):
+            raise StoreCorruptedError(f"{where} is damaged: {key} = {value!r}")
+    if obj["state"] not in _STATES:
+        raise StoreCorruptedError(f"{where} is damaged: unknown state {obj['state']!r}")
+    if not 0 <= obj["failed"] <= obj["completed"] <= obj["total"]:
+        raise StoreCorruptedError(f"{where} is damaged: counters {obj['completed']}/"
+                                  f"{obj['failed']} of {obj['total']} rows")
+    return obj  # type: ignore[return-value]
+
+
+def damaged_header(execution_id: str, error: BaseException, created: str = "") -> dict[str, Any]:
+    """What a listing shows for an execution whose ``execution.json`` is damaged:
+    ``Failed``, not resumable, ``damaged`` set, the reason in ``error``."""
+    return {
+        "execution_id": execution_id, "service": "?", "version": "?", "revision": "?",
+        "total": 0, "state": ExecutionState.FAILED.value, "completed": 0, "failed": 0,
+        "error": f"{type(error).__name__}: {error}", "resumable": False,
+        "created": created, "started": None, "ended": None, "damaged": True,
+    }
