@@ -181,17 +181,20 @@ def test_start_from_many_threads_starts_once(client, store):
 
 def test_resume_while_this_process_runs_it_is_refused(client, store, fault_log):
     svc = deploy(client, "slow", faultfns.slow)
-    batch = svc.batch(_frame(40, 0.05), parallel_count=2).start()
+    rows = 160
+    batch = svc.batch(_frame(rows, 0.05), parallel_count=2).start()
     eid = batch.execution_id
     poller = Poller(store, eid)
     for _ in range(3):
         got = _together(4, lambda k: client.get_execution(eid).resume(force=k % 2 == 0))
-        assert all(isinstance(g, ResumeError) for g in got), got
-        assert all("is running" in str(g) for g in got)
+        for g in got:
+            # Refused while it runs; a resume of the finished batch is a no-op.
+            assert (isinstance(g, ResumeError) and "is running" in str(g)) or (
+                not isinstance(g, Exception) and batch.state == "Complete"), got
     assert batch.wait(timeout=60).state == "Complete"
     poller.assert_no_false_failure()
     assert set(poller.states) <= {"Pending", "InProgress", "Complete"}, set(poller.states)
-    assert (record_counts(store, eid, 40) == 1).all()
+    assert (record_counts(store, eid, rows) == 1).all()
 
 
 # -- real orphans, resumed by threads and by processes ------------------------------------
