@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from localbatch import ResumeError
+from localbatch import ResumeError, ServiceNotFoundError
 from localbatch._engines.executions import Executions
 from localbatch._store.executions import OwnerLock
 
@@ -391,3 +392,57 @@ def test_reader_as_nobody_sees_a_dead_owner_as_interrupted(client, store, fault_
     (eid,) = _orphans(client, store, count=1, rows=40)
     _open_up(store, 0o644)
     assert _read_as_nobody(readonly_view, eid) == ("Failed", False)
+
+
+# -- delete_service while a batch starts ------------------------------------------------
+
+
+def test_delete_service_before_start_fails_the_start_clearly(client, store):
+    svc = deploy(client, "gone", faultfns.slow)
+    batch = svc.batch(_frame(5, 0.0), parallel_count=1)
+    client.delete_service("gone", version="1")
+    with pytest.raises(ServiceNotFoundError, match="'gone' version '1' was deleted"):
+        batch.start()
+    assert batch.execution_id is None
+    assert client.list_executions() == []
+    staging = store / "executions" / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+
+def test_delete_service_racing_start_never_fails_raw(client, store):
+    """Either the start fails naming the service, or the batch runs to the end."""
+    outcomes = set()
+    for k in range(8):
+        svc = (client.service("race").version(str(k)).code_fn(faultfns.slow)
+               .inputs(a=float, b=float).outputs(y=float).deploy())
+        batch = svc.batch(_frame(3000, 0.0), parallel_count=2)
+
+        def delete(k=k) -> None:
+            time.sleep(0.004 * k)  # sweep the deletion across the start
+            client.delete_service("race", version=str(k))
+
+        got = _together(2, lambda i, batch=batch, delete=delete:
+                        batch.start() if i == 0 else delete())
+        if isinstance(got[0], Exception):
+            assert isinstance(got[0], ServiceNotFoundError), got[0]
+            assert f"'race' version '{k}' was deleted" in str(got[0])
+            outcomes.add("refused")
+            continue
+        resp = batch.wait(timeout=60)
+        assert resp.state == "Complete", resp.error
+        assert resp.completed_item_count == 3000 and resp.failed_item_count == 0
+        outcomes.add("ran")
+    assert outcomes  # which ones happen depends on the machine's speed
+
+
+def test_resume_runs_from_the_pinned_revision_when_the_registry_lost_it(client, store,
+                                                                        fault_log):
+    svc = deploy(client, "slow", faultfns.slow)
+    (eid,) = _orphans(client, store, count=1, rows=60)
+    # The registry's copy disappears (a delete that raced the start, a manual cleanup).
+    shutil.rmtree(svc._record.path)  # noqa: SLF001 - the revision folder on disk
+    executions = Executions.open(store)  # get_execution would need the registry's copy
+    executions.resume(eid, {"parallel_count": 4})
+    header = executions.wait(eid, timeout=60)
+    assert header["state"] == "Complete", header.get("error")
+    assert (record_counts(store, eid, 60) == 1).all()
