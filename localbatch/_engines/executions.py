@@ -210,8 +210,7 @@ class Executions:
             "owner_pid": os.getpid(),
         }
         lock = store.publish(staging, header)
-        self._run(self._pinned(record, execution_id), header, lock, options, engine,
-                  load=False)
+        self._run(record, header, lock, options, engine, load=False)
         return execution_id
 
     def _pinned(self, record: ServiceRecord, execution_id: str) -> ServiceRecord:
@@ -253,8 +252,9 @@ class Executions:
         log.info("execution %s: %s %s, %d rows, engine %s, parallel_count %d", execution_id,
                  record.name, record.version, header["total"], engine.name,
                  options.parallel_count)
-        ctx = RunContext(store, record, committer, lock, options, log)
         try:
+            ctx = RunContext(store, self._pinned(record, execution_id), committer, lock,
+                             options, log)
             RUNS.add(engine.run(ctx))
         except BaseException as exc:
             # An engine that cannot even start must not leave the execution owned.
