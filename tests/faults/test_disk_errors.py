@@ -138,7 +138,8 @@ def test_full_disk_with_the_header_unwritable_reports_enospc(small_fs, fault_log
     with DeployClient(str(store)) as client:
         svc = deploy(client, "art", faultfns.with_artifact, artifacts=["row.txt"])
         rows = 200
-        batch = svc.batch(pd.DataFrame({"a": [float(i) for i in range(rows)], "b": 0.02}),
+        # ~5 s of rows: the disk fills long before the last one (on a loaded machine too).
+        batch = svc.batch(pd.DataFrame({"a": [float(i) for i in range(rows)], "b": 0.05}),
                           parallel_count=2).start()
         eid = batch.execution_id
         assert wait_until(lambda: batch.results().completed_item_count > 0, 60)
@@ -157,7 +158,7 @@ def test_full_disk_with_the_header_unwritable_reports_enospc(small_fs, fault_log
         assert "out of memory" not in (store / "executions" / eid / "execution.log").read_text()
         assert not _leftovers(store, eid)
         filler.unlink()
-        done = batch.resume(parallel_count=2).wait(timeout=60)
+        done = batch.resume(parallel_count=4).wait(timeout=60)
         assert done.state == "Complete" and not done.error
         assert not _leftovers(store, eid)
         _check_recorded(batch, store, eid, rows)
