@@ -15,8 +15,3 @@ def big_artifact(a, b):
     with open("blob.bin", "wb") as fh:
         fh.write(bytes([int(a) % 251]) * (int(b) << 10))
     return a * 2.0
-
-
-def nap(a, b):
-    time.sleep(b)
-    return a * 2.0
