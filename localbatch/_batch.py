@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from pprint import pformat
@@ -116,6 +117,8 @@ class Batch:
         self._engine = executions.engine if engine is None else get_engine(engine)
         self._options = _options(executions.start_method, parallel_count, options)
         self._execution_id = execution_id
+        #: ``start()`` never starts twice, from any number of threads.
+        self._start_lock = threading.Lock()
         self._records: InputTable | CsvSource | None = None
         if execution_id is None:
             self._records = _validated_source(records, record)
@@ -176,14 +179,19 @@ class Batch:
         return self._executions.header(self._id())
 
     def start(self) -> Batch:
-        """Start scoring in the background and return at once (idempotent)."""
-        if self._execution_id is not None:
-            return self
-        if self._records is None:
-            raise BatchNotStartedError("this Batch has no records to start")
-        self._execution_id = self._executions.submit(self._record, self._records,
-                                                     self._options, self._engine)
-        self._records = None
+        """Start scoring in the background and return at once (idempotent).
+
+        Atomic: threads calling it together start one execution, and every one of
+        them returns this batch with its id.
+        """
+        with self._start_lock:
+            if self._execution_id is not None:
+                return self
+            if self._records is None:
+                raise BatchNotStartedError("this Batch has no records to start")
+            self._execution_id = self._executions.submit(self._record, self._records,
+                                                         self._options, self._engine)
+            self._records = None
         return self
 
     def results(self, show_partial_results: bool = True, **aliases: Any) -> BatchResponse:

@@ -1,25 +1,48 @@
 """Operations on the executions of one store: the object the facade and the CLI share.
 
-``Executions`` submits (spool, publish, run), reads the effective state (a dead
-owner reads as ``Failed``/``Interrupted``, never ``InProgress``), waits, cancels
-from any process, ``resume``s and ``retry_failed``s. A client owns one and hands
-it to its services and batches; the command line opens one on a store path.
+``Executions`` submits (spool, publish, run), reads the effective state, waits,
+cancels from any process, ``resume``s and ``retry_failed``s. A client owns one and
+hands it to its services and batches; the command line opens one on a store path.
+
+The effective state (:meth:`Executions.header`): ``execution.json`` says what the
+owner last wrote; when it says running but no owner holds the lock, the owner's
+note in ``owner.lock`` (or, in the owner's own process, its memory) gives the final
+state it could not write (a full disk: ``Failed`` with the ``ENOSPC``), and only
+without a note does the execution read as ``Failed``/``Interrupted`` (owner died).
+A state it does not know raises :class:`StoreCorruptedError`, so no wait hangs on it.
+
+Ownership is exclusive per execution across threads of one process exactly as
+across processes (:class:`~localbatch._store.executions.OwnerLock`): a second
+``resume()`` is refused before it writes anything, so no poll sees its failure.
+
+A batch pins its service revision at submit: the revision's files are hard-linked
+into ``revision/`` of the execution before anything else, so a ``delete_service``
+racing ``start()`` either fails the start with :class:`ServiceNotFoundError`
+naming the service (it was gone first) or leaves the run its own copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from .._errors import BatchError, ResumeError, SchemaError, StoreCorruptedError, StoreError
+from .._errors import (
+    BatchError,
+    ResumeError,
+    SchemaError,
+    ServiceNotFoundError,
+    StoreCorruptedError,
+    StoreError,
+)
 from .._logging import close_execution_logger, execution_logger
 from .._schema import InputTable
-from .._store.commit import Committer, history_entry, now_iso
+from .._store.commit import FINAL_FIELDS, Committer, history_entry, now_iso
 from .._store.executions import ExecutionStore, OwnerLock
-from .._store.fsutil import unlink_if_present
+from .._store.fsutil import read_json, unlink_if_present
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
 from .._store.spool import CsvSource, spool_csv, spool_table
@@ -36,6 +59,7 @@ from .registry import get_engine
 
 __all__ = ["Executions", "TERMINAL", "stored_options"]
 
+#: Every state an execution.json may hold; anything else is a corrupt header.
 
 
 class Executions:
@@ -57,16 +81,36 @@ class Executions:
     # reading -------------------------------------------------------------------------
 
     def header(self, execution_id: str) -> dict[str, Any]:
-        """The header as readers must see it: a dead owner never reads as running."""
+        """The header as readers must see it: a dead owner never reads as running, an
+        owner that could not write its final state reads as that state."""
         store = self.store
         header = store.read_header(execution_id)
         if header["state"] in ACTIVE and not store.owner_alive(execution_id):
             header = store.read_header(execution_id)  # the owner may have just finished
             if header["state"] in ACTIVE:
-                header.update(state=ExecutionState.FAILED, resumable=True, interrupted=True,
-                              error=f"Interrupted: owner pid {header.get('owner_pid')} died; "
-                                    "resume()")
+                final = self._final_note(execution_id, header)
+                if final is not None:
+                    header.update(final)
+                else:
+                    header.update(state=ExecutionState.FAILED, resumable=True,
+                                  interrupted=True,
+                                  error=f"Interrupted: owner pid {header.get('owner_pid')} "
+                                        "died; resume()")
         return header
+
+    def _final_note(self, execution_id: str, header: dict[str, Any]) -> dict[str, Any] | None:
+        """The final state the last owner noted but could not write into the header."""
+        note = OwnerLock.read_note(self.store.path(execution_id) / "owner.lock")
+        if note is None:
+            # The note could not be written either: this process's own run remembers.
+            handle = RUNS.get(execution_id)
+            mine = handle.committer if handle is not None and handle.done.is_set() else None
+            if (mine is not None and header.get("owner_pid") == os.getpid()
+                    and mine.header.get("resumed") == header.get("resumed")):
+                note = {k: mine.header.get(k) for k in FINAL_FIELDS}
+        if note is None or note.get("state") not in TERMINAL:
+            return None
+        return {k: note[k] for k in FINAL_FIELDS if k in note}
 
     def headers(self) -> list[dict[str, Any]]:
         """Every execution's effective header (a damaged one as ``damaged_header``)."""
@@ -133,9 +177,14 @@ class Executions:
         engine = engine or self.engine
         store = self.store
         execution_id = store.new_id()
-        staging = store.staging(execution_id, pin=record)  # delete_service keeps it
-        engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
+        # Two pins with two jobs: pin.json makes delete_service keep the registry's
+        # revision while this batch starts (the warm workers load it from there); the
+        # hard-linked copy lets resume() and retry_failed() run after a delete.
+        staging = store.staging(execution_id, pin=record)
         try:
+            _pin_revision(record, staging / "revision")
+            engine.prepare(record, options,
+                           None if isinstance(source, CsvSource) else len(source))
             if isinstance(source, CsvSource):
                 total = spool_csv(source, staging / "inputs")
             else:
@@ -166,6 +215,30 @@ class Executions:
         self._run(record, header, lock, options, engine, load=False)
         return execution_id
 
+    def _pinned(self, record: ServiceRecord, execution_id: str) -> ServiceRecord:
+        """``record``, or the execution's pinned copy of it once the registry lost it."""
+        if (record.path / "manifest.json").is_file():
+            return record
+        pinned = self.store.path(execution_id) / "revision"
+        if not (pinned / "manifest.json").is_file():
+            raise ServiceNotFoundError(_deleted(record))
+        return ServiceRecord(pinned, record.manifest)
+
+    def _revision(self, header: dict[str, Any]) -> ServiceRecord:
+        """The revision an execution ran (the registry's, else the execution's pin)."""
+        try:
+            return self.registry.revision(header["service"], header["version"],
+                                          header["revision"])
+        except ServiceNotFoundError:
+            pinned = self.store.path(header["execution_id"]) / "revision"
+            try:
+                return ServiceRecord(pinned, read_json(pinned / "manifest.json"))
+            except FileNotFoundError:
+                raise ServiceNotFoundError(
+                    f"service {header['service']!r} version {header['version']!r} "
+                    f"(revision {header['revision']}) was deleted, and execution "
+                    f"{header['execution_id']} has no pinned copy of it") from None
+
     def _run(self, record: ServiceRecord, header: dict[str, Any], lock: OwnerLock,
              options: BatchOptions, engine: Engine, *, load: bool,
              history: dict[int, str] | None = None) -> None:
@@ -173,6 +246,7 @@ class Executions:
         execution_id = header["execution_id"]
         log = execution_logger(store.path(execution_id), execution_id)
         committer = Committer(store, execution_id, header, record.outputs, log)
+        committer.on_unwritten = lock.write_note
         if load:
             committer.load_recorded()
         if history is not None:
@@ -180,8 +254,9 @@ class Executions:
         log.info("execution %s: %s %s, %d rows, engine %s, parallel_count %d", execution_id,
                  record.name, record.version, header["total"], engine.name,
                  options.parallel_count)
-        ctx = RunContext(store, record, committer, lock, options, log)
         try:
+            ctx = RunContext(store, self._pinned(record, execution_id), committer, lock,
+                             options, log)
             RUNS.add(engine.run(ctx))
         except BaseException as exc:
             # An engine that cannot even start must not leave the execution owned.
@@ -254,8 +329,7 @@ class Executions:
                 raise ResumeError(f"execution {execution_id} is {state} "
                                   f"({header.get('error') or 'by request'}): "
                                   "resume(force=True) runs its remaining rows anyway")
-            record = self.registry.revision(header["service"], header["version"],
-                                            header["revision"])
+            record = self._revision(header)
             unlink_if_present(self.store.path(execution_id) / "cancel")
             header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
                           owner_pid=os.getpid(), resumed=int(header.get("resumed", 0)) + 1)
@@ -290,7 +364,7 @@ class Executions:
             raise
 
     def _retry_record(self, header: dict[str, Any], version: str | None) -> ServiceRecord:
-        ran = self.registry.revision(header["service"], header["version"], header["revision"])
+        ran = self._revision(header)
         if version is None:
             return ran
         record = self.registry.get(header["service"], version)
@@ -319,6 +393,37 @@ class Executions:
     def consume(self, record: ServiceRecord, values: dict[str, Any]) -> dict[str, Any]:
         """One call of a service in a warm worker (here, for an inline engine)."""
         return consume(record, values, start_method=self.start_method, engine=self.engine)
+
+
+def _deleted(record: ServiceRecord) -> str:
+    return (f"service {record.name!r} version {record.version!r} was deleted "
+            f"(revision {record.revision} is gone): the batch cannot start")
+
+
+def _pin_revision(record: ServiceRecord, pin: Path) -> None:
+    """Hard-link the revision's files into the execution (no copy, no space): they
+    outlive a ``delete_service``. Where links are not possible (another file system,
+    a policy), the execution runs unpinned: published executions keep their revision
+    in the registry anyway."""
+    try:
+        _link_tree(record.path, pin)
+    except FileNotFoundError:
+        shutil.rmtree(pin, ignore_errors=True)
+        raise ServiceNotFoundError(_deleted(record)) from None
+    except OSError:
+        shutil.rmtree(pin, ignore_errors=True)
+        if not (record.path / "manifest.json").is_file():
+            raise ServiceNotFoundError(_deleted(record)) from None
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """``dst`` as a tree of hard links to ``src``'s files (a vanished one raises)."""
+    dst.mkdir(mode=0o700)
+    for entry in os.scandir(src):
+        if entry.is_dir(follow_symlinks=False):
+            _link_tree(Path(entry.path), dst / entry.name)
+        elif entry.is_file(follow_symlinks=False):
+            os.link(entry.path, dst / entry.name, follow_symlinks=False)
 
 
 def stored_options(header: dict[str, Any], overrides: dict[str, Any]) -> BatchOptions:

@@ -82,7 +82,7 @@ class LocalSupervisor(Supervisor):
     def _kill(self, w: WorkerProcess, why: str) -> None:
         if not w.dead:
             w.kill()
-            self.log.info("worker %d %s (%s)", w.pid, why, describe_exit(w.exitcode))
+            self.log.info("worker %d %s", w.pid, why)  # we killed it: no exit to explain
 
     # the loop ----------------------------------------------------------------------
 

@@ -4,6 +4,13 @@ Used by every engine (local processes, inline, Dask), so the commit protocol
 is written once: artifacts first, then the part (published by an exclusive
 link, which is the moment its rows become recorded), then the header with
 counters derived from what was published.
+
+A failed step leaves nothing half-written: a part is written under a temporary
+name that is removed on failure, and a row's artifacts folder that could not be
+written in full is removed here (the rows stay without a record, and run again
+at ``resume()``). When the final state cannot be written into ``execution.json``
+(a full disk), :attr:`Committer.on_unwritten` records it elsewhere: the owner
+notes it in its pre-allocated ``owner.lock`` (see ``OwnerLock.write_note``).
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,10 +29,12 @@ from .._errors import StoreError
 from .._format.chunk import per_row
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
 from .executions import ExecutionStore
-from .states import ExecutionHeader, ExecutionState
+from .states import TERMINAL, ExecutionHeader, ExecutionState
 
-__all__ = ["Committer", "PART_ROWS", "PART_SECONDS", "history_entry", "now_iso"]
+__all__ = ["FINAL_FIELDS", "Committer", "PART_ROWS", "PART_SECONDS", "history_entry", "now_iso"]
 
+#: The fields of a final state an owner notes when execution.json cannot be rewritten.
+FINAL_FIELDS = ("state", "error", "resumable", "ended", "completed", "failed", "updated")
 #: A part is committed per ~1,000 rows or ~2 s, whichever comes first.
 PART_ROWS = 1000
 PART_SECONDS = 2.0
@@ -61,6 +72,8 @@ class Committer:
         #: Previous errors of rows being retried (``retry_failed``), kept in their record.
         self.history: dict[int, str] | None = None
         self._header_written = 0.0
+        #: Called with the final state when ``execution.json`` cannot take it.
+        self.on_unwritten: Callable[[dict[str, Any]], Any] | None = None
 
     # state -------------------------------------------------------------------
 
@@ -79,7 +92,12 @@ class Committer:
 
     def set_state(self, state: ExecutionState, **fields: Any) -> None:
         self.header.update(state=state, **fields)
-        self.write_header()
+        try:
+            self.write_header()
+        except StoreError:
+            if state in TERMINAL and self.on_unwritten is not None:
+                self.on_unwritten({k: self.header.get(k) for k in FINAL_FIELDS})
+            raise
 
     def write_header(self) -> None:
         self.header.update(completed=self.completed_count, failed=self.failed_count,
@@ -177,11 +195,18 @@ class Committer:
     def _write_artifacts(self, index: int, files: dict[str, bytes]) -> None:
         try:
             self.store.write_artifacts(self.id, index, files)
-        except StoreError:
-            raise
         except OSError as exc:
-            raise StoreError(getattr(exc, "errno", None) or 5,
+            self._drop_partial_artifacts(index)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(exc.errno or 5,
                              f"cannot write artifacts of row {index}: {exc}") from exc
+
+    def _drop_partial_artifacts(self, index: int) -> None:
+        """Remove the temporary folder of a row's artifacts that failed half-way."""
+        folder = self.store.artifact_dir(self.id, index).parent
+        for tmp in folder.glob(f".tmp-{index}-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _columns(self, batch: list[dict[str, Any]]) -> tuple[dict[str, Column], np.ndarray]:
         index = _concat(batch, "index", np.int64)

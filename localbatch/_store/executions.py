@@ -39,6 +39,8 @@ import os
 import re
 import shutil
 import socket
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -116,64 +118,227 @@ def _crc(data: bytes) -> str:
 
 
 class OwnerLock:
-    """The owner's exclusive POSIX record lock on one execution.
+    """The owner's exclusive lock on one execution: one owner per execution, per
+    process too.
 
-    ``lockf`` locks belong to the process and are not inherited by children, so
-    a worker can never keep a dead owner's execution "running". Because closing
-    *any* descriptor of the file drops the process's lock, this process never
-    probes a lock it holds: :data:`_HELD` short-circuits those probes.
+    Two layers, taken in this order and released together:
+
+    - an in-process registry (:data:`_HELD`, keyed by the lock file's device and
+      inode, so any spelling of the path and the staging folder's rename find the
+      same entry): a second thread, or a ``resume()`` while this process's own run
+      goes on, is refused exactly like another process;
+    - a POSIX record lock (``lockf``), which is per process and not inherited by
+      children, so a worker can never keep a dead owner's execution "running".
+
+    Closing *any* descriptor of the file drops this process's record lock, so every
+    open of a lock file in this process happens under :data:`_HELD_LOCK`, after the
+    registry said this process does not hold it (a descriptor opened in the rare
+    race with a rename is parked on the holder and closed at its release).
+
+    The file's content is the owner's note, pre-allocated at :meth:`acquire` (while
+    there was space) to :data:`NOTE_BYTES`: ``"<pid> <host>"`` and, once the run
+    ended but ``execution.json`` could not be rewritten (a full disk, a read-only
+    remount), the final state as one JSON line (:meth:`write_note`), written over
+    the allocated bytes so it needs no new space. Readers merge it
+    (:meth:`read_note`).
     """
+
+    #: Bytes of the owner's note; an overwrite in place allocates no new blocks.
+    NOTE_BYTES = 4096
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._key: tuple[int, int] | None = None
+        self._parked: list[int] = []
+        #: The final state noted by this process (read here without opening the file).
+        self.note: dict[str, Any] | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
         with _HELD_LOCK:
-            _HELD[str(self.path)] = self
+            key = _file_key(self.path)
+            if key is not None and key in _HELD:
+                return False  # this process owns it already (another thread or run)
+            fd = _open_unheld(self.path, os.O_RDWR | os.O_CREAT)
+            if fd is None:
+                return False
+            key = _fstat_key(fd)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            self._fd, self._key = fd, key
+            _HELD[key] = self
+        self._write_content(f"{os.getpid()} {socket.gethostname()}\n")
         return True
+
+    def _write_content(self, text: str) -> None:
+        """Overwrite the note in place (padded); a new file is allocated here."""
+        assert self._fd is not None
+        data = text.encode()[:self.NOTE_BYTES].ljust(self.NOTE_BYTES, b" ")
+        try:
+            os.pwrite(self._fd, data, 0)
+        except OSError:
+            # No space even for the note: at least clear a previous owner's.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, text.split("\n", 1)[0].encode() + b"\n", 0)
+
+    def write_note(self, final: dict[str, Any]) -> bool:
+        """Record the run's final state where readers find it without execution.json."""
+        if self._fd is None:
+            return False
+        self.note = final
+        line = json.dumps(final, default=str)
+        if len(line) > self.NOTE_BYTES - 200:
+            final = dict(final, error=str(final.get("error"))[:self.NOTE_BYTES // 2])
+            line = json.dumps(final, default=str)
+        try:
+            os.pwrite(self._fd, f"{os.getpid()} {socket.gethostname()}\n{line}\n"
+                      .encode().ljust(self.NOTE_BYTES, b" "), 0)
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def read_note(path: Path) -> dict[str, Any] | None:
+        """The final state an owner noted in ``path`` (None: none, or unreadable)."""
+        with _HELD_LOCK:
+            key = _file_key(path)
+            if key is None:
+                return None
+            held = _HELD.get(key)
+            if held is not None:
+                return held.note
+            try:
+                fd = _open_unheld(path, os.O_RDONLY)
+            except OSError:
+                return None
+            if fd is None:
+                return None
+            try:
+                data = os.pread(fd, OwnerLock.NOTE_BYTES, 0)
+            finally:
+                os.close(fd)
+        _, _, rest = data.decode(errors="replace").partition("\n")
+        try:
+            note = json.loads(rest.strip() or "null")
+        except ValueError:
+            return None
+        return note if isinstance(note, dict) and isinstance(note.get("state"), str) else None
+
+    @staticmethod
+    def probe(path: Path) -> bool:
+        """True when an owner (this process, or another) holds the lock at ``path``.
+
+        Read-only: the file is opened ``O_RDONLY`` and asked with ``F_GETLK``, which
+        places no lock (~1 µs), so a reader without write permission, or on a
+        read-only mount, sees the truth. A reader that cannot open the file at all
+        asks ``/proc/locks``; one that cannot find out either way reports an owner
+        (the stored state stands), never a death it could not see.
+        """
+        with _HELD_LOCK:
+            key = _file_key(path)
+            if key is None:
+                return False  # no lock file: nobody ever owned it (or it was deleted)
+            if key in _HELD:
+                return True
+            try:
+                fd = _open_unheld(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                return _locked_in_proc_locks(key)
+            if fd is None:
+                return True
+            try:
+                return _write_locked(fd)
+            finally:
+                os.close(fd)
+
+    def park(self, fd: int) -> None:
+        """Keep a descriptor of the held file open until release (closing it now would
+        drop the lock)."""
+        self._parked.append(fd)
+
+    def moved(self, path: Path) -> None:
+        """The execution's folder was renamed (published): same file, new path."""
+        self.path = path
 
     def release(self) -> None:
         with _HELD_LOCK:
-            _HELD.pop(str(self.path), None)
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            if self._key is not None and _HELD.get(self._key) is self:
+                del _HELD[self._key]
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
+            for fd in self._parked:
+                os.close(fd)
+            self._parked.clear()
 
 
-_HELD: dict[str, OwnerLock] = {}
+_HELD: dict[tuple[int, int], OwnerLock] = {}
 _HELD_LOCK = threading.Lock()
+
+#: ``struct flock`` (Linux: short type, short whence, off_t start, off_t len, pid_t
+#: pid; BSD/macOS: off_t start, off_t len, pid_t pid, short type, short whence).
+_LINUX_FLOCK = sys.platform.startswith("linux")
+_FLOCK = "hhqqi4x" if _LINUX_FLOCK else "qqihh"
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _fstat_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _open_unheld(path: Path, flags: int) -> int | None:
+    """Open a lock file under ``_HELD_LOCK``; None (descriptor parked) if this process
+    holds it: it was renamed into place since the caller's stat."""
+    fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    holder = _HELD.get(_fstat_key(fd))
+    if holder is not None:
+        holder.park(fd)
+        return None
+    return fd
+
+
+def _write_locked(fd: int) -> bool:
+    """Whether another process holds a lock on ``fd``'s file (``F_GETLK``, read-only)."""
+    if _LINUX_FLOCK:
+        ask = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, ask))[0]
+    else:
+        ask = struct.pack(_FLOCK, 0, 0, 0, fcntl.F_WRLCK, os.SEEK_SET)
+        kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, ask))[3]
+    return kind != fcntl.F_UNLCK
+
+
+def _locked_in_proc_locks(key: tuple[int, int]) -> bool:
+    """Whether ``/proc/locks`` lists a POSIX lock on the file; True if it cannot say."""
+    dev, ino = key
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    try:
+        with open("/proc/locks") as fh:
+            return any(line.split()[5] == wanted for line in fh
+                       if len(line.split()) > 5 and line.split()[1] == "POSIX")
+    except OSError:
+        return True
 
 
 def _probe_lock(path: Path) -> bool:
-    """True when another process holds the lock at ``path``."""
-    with _HELD_LOCK:
-        if str(path) in _HELD:
-            return True
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    """True when an owner holds the lock at ``path`` (see :meth:`OwnerLock.probe`)."""
+    return OwnerLock.probe(path)
 
 
 @dataclass
@@ -233,8 +398,8 @@ class ExecutionStore:
                                     "revision": pin.revision})
             if not (pin.path / "manifest.json").is_file():
                 self.discard_staging(path)
-                raise ServiceNotFoundError(f"service {pin.name} version {pin.version} was "
-                                           "deleted while the batch was starting")
+                raise ServiceNotFoundError(f"service {pin.name!r} version {pin.version!r} "
+                                           "was deleted while the batch was starting")
         return path
 
     def pinned_revisions(self, service: str, version: str) -> set[str]:
@@ -277,10 +442,7 @@ class ExecutionStore:
             lock.release()
             self.discard_staging(staging)
             raise StoreError(exc.errno, f"cannot publish execution: {exc}") from exc
-        lock.path = final / "owner.lock"
-        with _HELD_LOCK:
-            _HELD.pop(str(staging / "owner.lock"), None)
-            _HELD[str(lock.path)] = lock
+        lock.moved(final / "owner.lock")
         return lock
 
     def discard_staging(self, staging: Path) -> None:
