@@ -42,6 +42,7 @@ _FENCE = re.compile(r"^(?P<fence>```+)(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fence
 _EXCERPT = re.compile(r"<!--\s*excerpt\b[^>]*-->\s*$")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _INLINE_CLI = re.compile(r"`localbatch ([a-z][a-z-]*)((?: [^`]*)?)`")
+_FILE_BLOCK = re.compile(r"^# ([\w-]+(?:/[\w-]+)*\.py)\b")  # "# myapp/cars.py - ..."
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*|-[a-zA-Z])\b")
 
 
@@ -50,6 +51,12 @@ class Block(NamedTuple):
     code: str
     excerpt: bool
     line: int
+
+    @property
+    def file(self) -> str | None:
+        """The path a block stands for (its first line is ``# path.py``), else None."""
+        m = _FILE_BLOCK.match(self.code) if self.lang == "python" else None
+        return m.group(1) if m else None
 
 
 def blocks(path: Path) -> list[Block]:
@@ -69,7 +76,12 @@ def _name(path: Path) -> str:
 # -- the Python blocks run --------------------------------------------------------------------
 
 
-RUNNABLE = [p for p in MARKDOWN if any(b.lang == "python" and not b.excerpt for b in blocks(p))]
+def _runs(b: Block) -> bool:
+    return b.lang == "python" and not b.excerpt and b.file is None
+
+
+RUNNABLE = [p for p in MARKDOWN if any(_runs(b) for b in blocks(p))]
+PROJECTS = [p for p in MARKDOWN if any(b.file and not b.excerpt for b in blocks(p))]
 
 
 def test_fences_are_recognised():
@@ -90,9 +102,7 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     # Not "__main__": cloudpickle then ships the blocks' functions by value, as it does a
     # script's, and no ``if __name__ == "__main__"`` block of an excerpt could run.
     namespace: dict = {"__name__": "docs_" + page.stem.replace("-", "_")}
-    for block in blocks(page):
-        if block.lang != "python" or block.excerpt:
-            continue
+    for block in filter(_runs, blocks(page)):
         code = compile(block.code, f"{_name(page)}:{block.line}", "exec")
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # shown to the reader as to a user, not errors
@@ -102,11 +112,31 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     WORKER_POOL.close()
 
 
+@pytest.mark.parametrize("page", PROJECTS, ids=[_name(p) for p in PROJECTS])
+def test_file_blocks_pass_their_tests(page: Path, tmp_path: Path):
+    """Blocks that stand for files (an application and its tests) make a project whose
+    pytest run passes, with localbatch's pytest plugin as an installed user gets it."""
+    project = tmp_path / "project"
+    files = [b for b in blocks(page) if b.file and not b.excerpt]
+    for b in files:
+        (project / b.file).parent.mkdir(parents=True, exist_ok=True)
+        (project / b.file).write_text(b.code)
+    (project / "data").symlink_to(ROOT / "examples" / "data")
+    # Only the inline variant: the worker variant of the same test starts the ten workers
+    # of the app's parallel_count=10 (~15 s on 2 cores); tests/test_plugin.py covers it.
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:randomly", "-k", "inline",
+                           *(b.file for b in files if "test_" in b.file)],
+                          cwd=project, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout
+
+
 def test_every_page_with_python_runs_some():
     """Excerpts are the exception: each page that shows Python runs most of it."""
     for path in MARKDOWN:
-        py = [b for b in blocks(path) if b.lang == "python"]
-        if path.name in {"testing.md", "dask.md"}:  # need a pytest session / a cluster
+        py = [b for b in blocks(path) if b.lang == "python" and b.file is None]
+        if path.name == "dask.md":  # needs a cluster
             continue
         assert sum(not b.excerpt for b in py) >= sum(b.excerpt for b in py), _name(path)
 
