@@ -33,6 +33,8 @@ def test_example_script_runs(script: Path, tmp_path: Path):
                           capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr
+    # The first thing a newcomer reads says where their data went, in words (not a dict).
+    assert proc.stdout.splitlines()[0].startswith(f"store: {env['LOCALBATCH_HOME']}")
 
 
 def _outputs_text(nb) -> str:
