@@ -60,6 +60,7 @@ class Block(NamedTuple):
 
 
 def blocks(path: Path) -> list[Block]:
+    """The fenced blocks of a Markdown file, each with its language and excerpt mark."""
     text = path.read_text()
     out = []
     for m in _FENCE.finditer(text):
@@ -95,10 +96,13 @@ def test_fences_are_recognised():
 
 @pytest.mark.parametrize("page", RUNNABLE, ids=[_name(p) for p in RUNNABLE])
 def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The page's blocks, in order, in one namespace, as a reader would paste them."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "examples").symlink_to(ROOT / "examples")  # paths read as from the repo root
     monkeypatch.chdir(work)
+    # DeployClient() and the SDK form's http host open $LOCALBATCH_HOME: a fresh store.
+    monkeypatch.setenv("LOCALBATCH_HOME", str(tmp_path / "store"))
     # Not "__main__": cloudpickle then ships the blocks' functions by value, as it does a
     # script's, and no ``if __name__ == "__main__"`` block of an excerpt could run.
     namespace: dict = {"__name__": "docs_" + page.stem.replace("-", "_")}
@@ -127,7 +131,8 @@ def test_file_blocks_pass_their_tests(page: Path, tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-p", "no:randomly", "-k", "inline",
                            *(b.file for b in files if "test_" in b.file)],
-                          cwd=project, capture_output=True, text=True, timeout=120)
+                          cwd=project, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LOCALBATCH_HOME": str(tmp_path / "store")})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout
 
