@@ -34,6 +34,7 @@ def manualTransmission(hp, wt):
 
 # The SDK form works unchanged: an http(s) host means the default local store.
 client = DeployClient("http://localhost:12800", use=MLServer, auth=("admin", "password"))
+print(f"store: {client.store_path}  ($LOCALBATCH_HOME, or DeployClient(path), picks another)")
 if client.list_services("TxService", version="1.0"):
     client.delete_service("TxService", version="1.0")
 
@@ -48,28 +49,31 @@ svc = (
     .artifacts(["answer.csv"])
     .deploy()
 )
-print(svc.capabilities()["public-functions"])
+print(f"deployed {svc.name} {svc.version}: manualTransmission(hp, wt) -> answer, answer.csv")
 
 res = svc.manualTransmission(120, 2.8)
-print("request-response:", res.outputs["answer"].iloc[0, 0], "error:", repr(res.error))
+print(f"one call: manualTransmission(120, 2.8) -> am_Pred {res.outputs['answer'].iloc[0, 0]:.4f}")
 
+# parallel_count is a cap on concurrent rows, like the SDK's "number of threads".
 batch = svc.batch(mtcars[["hp", "wt"]], parallel_count=2).start()
-print("started", batch.execution_id)
+print(f"batch {batch.execution_id} started")
 while True:
     r = batch.results()
-    print(r.state, r.completed_item_count, "/", r.total_item_count)
+    print(f"  {r.state}: {r.completed_item_count}/{r.total_item_count} rows")
     if r.state in ("Failed", "Complete"):
         break
     time.sleep(1)
 
 print(r)
 for i in range(3):
-    print(i, r.execution(i).outputs["answer"]["am_Pred"].iloc[0])
+    am_pred = r.execution(i).outputs["answer"]["am_Pred"].iloc[0]
+    print(f"row {i} ({mtcars['car'][i]}): am_Pred {am_pred:.4f}")
 print("artifacts of row 1:", batch.list_artifacts(1))
 print(batch.artifact(1, "answer.csv").decode())
 with tempfile.TemporaryDirectory() as tmp:
     print("downloaded:", [os.path.basename(p) for p in batch.download(1, "answer.csv", tmp)])
 
 again = svc.get_batch(batch.execution_id)
-print("found again:", again.execution_id in svc.list_batch_executions(), again.state)
+print("found again by id:", again.execution_id in svc.list_batch_executions(), again.state)
 print(r.to_frame().head())
+print(f"next: localbatch status; localbatch results {batch.execution_id[:12]} --out scores.csv")

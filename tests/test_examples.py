@@ -1,8 +1,15 @@
-"""Examples that never rot: every script in examples/ runs, and the notebook executes."""
+"""Examples that never rot: every script in examples/ runs, and the notebook executes.
+
+The walkthrough is committed executed, with its outputs; the tests re-execute it and check
+both the fresh and the committed outputs. A cell tagged ``skip-execution`` (nbclient's own
+tag) is shown, not run: the Parquet cell until the Parquet/key-columns merge, after which
+the coordinator removes the tag and re-executes the notebook.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +33,8 @@ def test_example_script_runs(script: Path, tmp_path: Path):
                           capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr
+    # The first thing a newcomer reads says where their data went, in words (not a dict).
+    assert proc.stdout.splitlines()[0].startswith(f"store: {env['LOCALBATCH_HOME']}")
 
 
 def _outputs_text(nb) -> str:
@@ -57,7 +66,33 @@ def test_notebook_executes(notebook: Path, tmp_path: Path, monkeypatch: pytest.M
 
 
 def _check_walkthrough(text: str) -> None:
+    assert "store: " in text  # the first output says where the store is
     assert "Batch execution succeeded" in text
     assert "state <b style='color:#080'>Complete</b>" in text  # the BatchResponse HTML view
     assert "['answer.csv']" in text
-    assert "Canceled" in text
+    assert "Complete - 3 rows failed" in text and "ValueError: wt 5.424" in text
+    assert "Complete - 0 rows failed after retry_failed()" in text
+    assert "Complete 32 rows from the CSV file" in text
+    kept = re.search(r"Canceled - (\d+) of 320 rows recorded and kept", text)
+    assert kept and 0 < int(kept.group(1)) < 320, "the cancel demo must keep some rows"
+    assert "Complete - 320 of 320" in text  # resume(force=True) finished the rest
+    assert "drop-in batch: Complete" in text and "HttpException 404" in text
+
+
+def _walkthrough():
+    import nbformat
+
+    return nbformat.read(EXAMPLES / "batch_walkthrough.ipynb", as_version=4)
+
+
+def test_walkthrough_is_committed_executed():
+    nb = _walkthrough()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    skipped = [c for c in code if "skip-execution" in c.metadata.get("tags", [])]
+    ran = [c for c in code if c not in skipped]
+    assert [c.execution_count for c in ran] == list(range(1, len(ran) + 1))
+    assert not any(o.output_type == "error" for c in ran for o in c.outputs)
+    _check_walkthrough(_outputs_text(nb))
+    # Only the Parquet cell waits for its merge; it still shows Parquet in and out.
+    assert len(skipped) <= 1
+    assert all("parquet" in c.source and 'keep=["car"]' in c.source for c in skipped)
