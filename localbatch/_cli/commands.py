@@ -30,7 +30,17 @@ from .lookup import (
     resolve_id,
     store_path,
 )
-from .output import check_out, emit, note, say, short_time, size_text, text_table, types_text
+from .output import (
+    check_out,
+    emit,
+    note,
+    say,
+    short_time,
+    size_text,
+    text_table,
+    types_text,
+    write_response,
+)
 
 if TYPE_CHECKING:
     from .._batch import Batch, BatchResponse
@@ -181,7 +191,10 @@ def _snapshot(args: argparse.Namespace) -> tuple[Batch, BatchResponse]:
 def cmd_results(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     _, resp = _snapshot(args)
-    emit(resp.to_frame(), out)
+    if out is None:
+        emit(resp.to_frame(), None)
+    else:
+        write_response(resp, out)
     if out is not None:
         say(f"wrote {resp.completed_item_count} row(s) to {out}")
     return EXIT_OK

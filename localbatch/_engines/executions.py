@@ -16,13 +16,12 @@ from typing import Any
 
 from .._errors import BatchError, ResumeError, SchemaError, StoreError
 from .._logging import close_execution_logger, execution_logger
-from .._schema import InputTable
 from .._store.commit import Committer, history_entry, now_iso
 from .._store.executions import ExecutionStore, OwnerLock
 from .._store.fsutil import unlink_if_present
+from .._store.keys import rows_hint, spool_source
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
-from .._store.spool import CsvSource, spool_csv, spool_table
 from .._store.states import ACTIVE, TERMINAL, ExecutionState, resumes_only_forced
 from .base import RUNS, BatchOptions, Engine, RunContext, RunHandle
 from .consume import consume
@@ -119,19 +118,16 @@ class Executions:
 
     # running -------------------------------------------------------------------------
 
-    def submit(self, record: ServiceRecord, source: InputTable | CsvSource,
+    def submit(self, record: ServiceRecord, source: Any,
                options: BatchOptions, engine: Engine | None = None) -> str:
         """Spool the inputs, publish the execution and start it; returns its id."""
         engine = engine or self.engine
         store = self.store
         execution_id = store.new_id()
         staging = store.staging(execution_id)
-        engine.prepare(record, options, None if isinstance(source, CsvSource) else len(source))
+        engine.prepare(record, options, rows_hint(source))
         try:
-            if isinstance(source, CsvSource):
-                total = spool_csv(source, staging / "inputs")
-            else:
-                total = spool_table(source, record.inputs, staging / "inputs")
+            total = spool_source(source, record.inputs, staging)
         except BaseException:
             store.discard_staging(staging)
             raise
@@ -144,6 +140,7 @@ class Executions:
             "parallel_count": options.parallel_count,
             "engine": engine.name,
             "options": options.to_json(),
+            "keep": list(getattr(source, "keep", None) or []),
             "state": ExecutionState.PENDING,
             "completed": 0,
             "failed": 0,
