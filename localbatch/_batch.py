@@ -73,13 +73,14 @@ _IGNORED = "ignoring columns that are not service inputs: "
 
 def _validated_source(records: Any, record: ServiceRecord, keep: Any = None
                       ) -> InputTable | CsvSource:
-    """Validated records; their warnings point at the user's line, not at localbatch.
-
-    Columns named by ``keep`` are not "ignored": the warning leaves them out.
+    """Validated records (with their ``keep`` columns); their warnings point at the
+    user's line, not at localbatch. Kept columns are not "ignored": the warning leaves
+    them out, and is not given when the records are refused.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = _validated(records, record)
+        source = keys_source(_validated(records, record), records, keep,
+                             [n for n, _ in record.outputs])
     level = _user_stacklevel()
     kept = {keep} if isinstance(keep, str) else set(keep or ())
     for w in caught:
@@ -140,8 +141,7 @@ class Batch:
         self._execution_id = execution_id
         self._records: InputTable | CsvSource | None = None
         if execution_id is None:
-            self._records = keys_source(_validated_source(records, record, keep), records, keep,
-                                        [n for n, _ in record.outputs])
+            self._records = _validated_source(records, record, keep)
 
     # SDK properties ----------------------------------------------------------------
 
