@@ -71,6 +71,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     metas = client.list_services(args.name) if args.name else client.list_services()
     if not metas:
         if args.name:
+            client.get_service(args.name)  # raises, saying what there is
             raise CliError(f"No service found for {args.name}")
         say(f"no services in {path}")
         return EXIT_OK
