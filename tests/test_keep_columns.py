@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
-from keep_fns import two_rows
+from output_fns import two_rows
 from scoring_fns import add, fail_on_three
 
 from localbatch import DeployClient, SchemaError

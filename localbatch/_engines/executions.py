@@ -23,6 +23,7 @@ from .._store.keys import rows_hint, spool_source
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
 from .._store.states import ACTIVE, TERMINAL, ExecutionState, resumes_only_forced
+from .._store.timing import carry_run_time
 from .base import RUNS, BatchOptions, Engine, RunContext, RunHandle
 from .consume import consume
 from .registry import get_engine
@@ -246,6 +247,7 @@ class Executions:
             record = self.registry.revision(header["service"], header["version"],
                                             header["revision"])
             unlink_if_present(self.store.path(execution_id) / "cancel")
+            carry_run_time(header)
             header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
                           owner_pid=os.getpid(), resumed=int(header.get("resumed", 0)) + 1)
             self.store.write_header(execution_id, header)
@@ -268,6 +270,7 @@ class Executions:
             if not history:
                 lock.release()
                 return 0
+            carry_run_time(header)
             header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
                           owner_pid=os.getpid(), retried_with=record.version)
             self.store.write_header(execution_id, header)
