@@ -146,7 +146,7 @@ def _window(base: ResultReader, full_map: RowMap, lo: int, labels: np.ndarray
     new_pos = np.full(len(labels), -1, np.int32)
     parts: list[Part] = []
     for k in np.unique(part_of[part_of >= 0]).tolist():
-        part = base.store.read_part(base.id, full_map.parts[k])
+        part = base.store.read_part(base.id, full_map.parts[k], cache=False)
         index = np.asarray(part.column("index").buffers["values"])
         inside = (index >= lo) & (index < hi)
         latest = np.zeros(len(index), np.bool_)
@@ -161,11 +161,25 @@ def _window(base: ResultReader, full_map: RowMap, lo: int, labels: np.ndarray
     return _WindowReader(base, row_map, parts, labels)
 
 
+def _row_map(base: ResultReader) -> RowMap:
+    """``store.row_map`` without the part cache: with a few hundred large parts the cache
+    would hold every one of them, i.e. the whole result (measured: 200 MB at 5M rows)."""
+    names = base.store.part_names(base.id)
+    part_of = np.full(base.total, -1, np.int32)
+    pos_of = np.full(base.total, -1, np.int32)
+    for k, name in enumerate(names):
+        index = base.store.read_part(base.id, name, cache=False).column("index")
+        values = index.buffers["values"]
+        part_of[values] = k
+        pos_of[values] = np.arange(len(values), dtype=np.int32)
+    return RowMap(names, part_of, pos_of)
+
+
 def result_frames(base: ResultReader, keep: list[str]) -> Iterator[Any]:
     """The ``to_frame()`` table one input part at a time (windows without a recorded
     row are skipped), with the ``keep`` columns."""
     store, eid = base.store, base.id
-    full_map = base.row_map
+    full_map = _row_map(base)
     for name in store.part_names(eid, "inputs"):
         part = store.read_part(eid, name, "inputs")
         rows = np.asarray(part.column("row").buffers["values"])
