@@ -32,7 +32,7 @@ from ._store.keys import keys_source
 from ._store.registry import ServiceRecord
 from ._store.results import ResultReader
 from ._store.spool import CsvSource
-from ._store.tables import frame_with_keys, result_frames, write_parquet
+from ._store.tables import failed_with_keys, frame_with_keys, result_frames, write_parquet
 from ._views import batch_html, wait_with_progress
 
 if TYPE_CHECKING:
@@ -453,8 +453,9 @@ class BatchResponse:
                              lambda: self.to_frame().iloc[:0], self._record.outputs)
 
     def failed(self) -> Any:
-        """The failed rows: row, input index, inputs, error type, message, attempts."""
-        return self._rows.failed_frame()
+        """The failed rows: row, input index, the ``keep`` columns, inputs, error type,
+        message, attempts."""
+        return failed_with_keys(self._rows, self.keep)
 
     def __str__(self) -> str:
         return (f"\n<BatchResponse> \n   api: {self.api} \n   execution_id: {self.execution_id}\n"

@@ -42,6 +42,8 @@ def test_keys_come_back_beside_the_outputs_with_their_types(svc):
     assert frame["customer_id"].tolist() == [1000 + i for i in range(6)]
     assert frame.index.tolist() == [f"r{i}" for i in range(6)]
     assert frame.loc["r3", "error"].startswith("ValueError")  # failed rows keep their key
+    failed = _run(svc, _cars().drop(columns="customer_id"), keep=["car"]).failed()
+    assert list(failed.columns[:2]) == ["row", "car"] and failed["car"].tolist() == ["car-3"]
 
 
 @pytest.mark.parametrize("form", ["dict", "records", "csv"])

@@ -4,10 +4,12 @@
 ``keys/part-NNNNNN.lbp`` of the execution, next to ``inputs/``: each part holds
 ``row`` (the row numbers it covers) and ``keys``, one ``frame`` value whose table
 has the part's key columns, so their dtypes (text ids, ints, timestamps) come back
-as they went in. They are never sent to workers; output (``to_frame``,
-``to_parquet``, the CLI's ``--out``) reads them part by part and puts them beside
-the outputs. The names are stored in the execution header (``keep``), so another
-process and the command line see them.
+as they went in. Keys part N covers the rows of input part N (both are written
+chunk by chunk, the same chunks), so output reads them side by side. CSV key
+columns are read as text: an id "007" stays "007". They are never sent to
+workers; output (``to_frame``, ``to_parquet``, the CLI's ``--out``) reads them
+part by part and puts them beside the outputs. The names are stored in the
+execution header (``keep``), so another process and the command line see them.
 
 A source with keys is a :class:`KeyedSource`: the inputs as before, plus a way
 to stream the key columns (from the records, or a second pass over a CSV file).

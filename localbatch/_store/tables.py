@@ -31,7 +31,8 @@ from .fsutil import atomic_write_with
 from .keys import keys_frame, keys_of_part
 from .results import ResultReader
 
-__all__ = ["attach_keys", "frame_with_keys", "result_frames", "write_parquet"]
+__all__ = ["attach_keys", "failed_with_keys", "frame_with_keys", "result_frames",
+           "write_parquet"]
 
 #: The columns of a result part that a table reads (not tracebacks, console, history).
 _TABLE_COLUMNS = ("index", "error_type", "error_message")
@@ -63,6 +64,17 @@ def frame_with_keys(reader: ResultReader, keep: list[str]) -> Any:
         return frame
     rows = np.flatnonzero(reader.row_map.part_of >= 0)
     return attach_keys(frame, keys_frame(reader.store, reader.id).iloc[rows])
+
+
+def failed_with_keys(reader: ResultReader, keep: list[str]) -> Any:
+    """The failed rows' table with the ``keep`` columns after ``row``."""
+    frame = reader.failed_frame()
+    if not keep:
+        return frame
+    keys = keys_frame(reader.store, reader.id).iloc[frame["row"].to_numpy()]
+    for k, name in enumerate(keep):
+        frame.insert(1 + k, name, keys[name].to_numpy())
+    return frame
 
 
 # -- windows -----------------------------------------------------------------------------
