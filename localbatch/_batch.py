@@ -114,7 +114,7 @@ def _validated(records: Any, record: ServiceRecord) -> InputTable | CsvSource:
         return arrow
     if isinstance(records, (str, os.PathLike)):
         path = Path(records)
-        if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".txt"):
+        if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq"):
             raise TypeError(f"records path {str(path)!r} must be a .csv, .tsv or .parquet "
                             "file, or a folder of .parquet files")
         if not inputs:
