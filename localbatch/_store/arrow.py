@@ -38,6 +38,7 @@ __all__ = ["INSTALL_HINT", "PARQUET_SUFFIXES", "ArrowSource", "arrow_source", "r
 
 INSTALL_HINT = 'Parquet and Arrow need pyarrow: pip install "localbatch[parquet]"'
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_READ_BUFFER = 1 << 20
 
 
 def require_pyarrow() -> Any:
@@ -162,14 +163,17 @@ class ArrowSource:
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(path)
+            # Buffered reads: a row group's column chunks are streamed, not read whole.
+            pf = pq.ParquetFile(path, buffer_size=_READ_BUFFER, pre_buffer=False)
             first = 0
             for group in range(pf.num_row_groups):
                 for batch in pf.iter_batches(batch_size=SPOOL_ROWS, row_groups=[group],
-                                             columns=self._columns()):
+                                             columns=self._columns(), use_threads=False):
                     yield _Piece(pa.Table.from_batches([batch]), f"{path}: row group {group}",
                                  first)
                     first += batch.num_rows
+                # Arrow's allocator keeps what it freed; hand it back between row groups.
+                pa.default_memory_pool().release_unused()
         except (OSError, ValueError) as exc:
             raise InputFileError(f"cannot read {path}: {exc}") from None
 
