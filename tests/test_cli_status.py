@@ -98,8 +98,10 @@ def test_cancel_from_another_terminal_prints_a_resume_hint(client, store, tmp_pa
     finally:
         run.wait(timeout=60)
         run.stdout.close()
+        err = run.stderr.read()
         run.stderr.close()
     assert run.returncode == 4
+    assert f"resume {eid} --force" in err  # the terminal running it says so too
 
 
 def test_download_refuses_a_missing_parent(client, store, tmp_path):

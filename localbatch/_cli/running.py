@@ -109,6 +109,8 @@ def _finish(args: argparse.Namespace, resp: BatchResponse, out: Path | None,
         return EXIT_OK
     if state == ExecutionState.CANCELED:
         note(f"{eid} was canceled: {done}/{total} rows recorded ({resp.error or 'by request'})")
+        if done < total:  # canceled from another terminal: this one says how to go on too
+            note(f"to run the remaining rows: {hint_prefix(args)} resume {eid} --force")
         return EXIT_CANCELED
     note(f"{eid} Failed: {resp.error or 'unknown error'} ({done}/{total} rows recorded)")
     if resp.resumable:
