@@ -136,3 +136,26 @@ def test_results_command_prints_keys(svc, store):
                           "results", resp.execution_id], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.splitlines()[0] == "index,car,y,error"
+
+
+def test_key_dtypes_come_back_as_they_went_in(svc):
+    n = 6
+    frame = pd.DataFrame({
+        "a": [float(i) for i in range(n)], "b": 1.0,
+        "when": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
+        "grade": pd.Categorical(list("abcabc")),
+        "small": pd.Series(range(n), dtype="int32"),
+        "flag": [True, False] * 3,
+        "maybe": pd.array([1, None, 3, None, 5, 6], dtype="Int64"),
+        "name": ["x", None, "z", "w", "v", "u"],
+        "score": [0.5, float("nan"), 1.5, 2.5, 3.5, 4.5],
+    })
+    keep = [c for c in frame.columns if c not in ("a", "b")]
+    got = _run(svc, frame, keep=keep).to_frame()[keep].reset_index(drop=True)
+    want = frame[keep]
+    # Categories go through the frame codec: their dtype is its to keep (values are ours).
+    assert got["grade"].astype(str).tolist() == list("abcabc")
+    keep.remove("grade")
+    for name in keep:
+        assert got[name].dtype == want[name].dtype, name
+    pd.testing.assert_frame_equal(got[keep], want[keep])

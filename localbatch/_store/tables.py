@@ -53,7 +53,7 @@ def attach_keys(frame: Any, keys: Any) -> Any:
         starts = np.asarray(frame.index.get_level_values("position")) == 0
         keys = keys.iloc[np.cumsum(starts) - 1]
     for k, name in enumerate(keys.columns):
-        frame.insert(k, name, keys[name].to_numpy())
+        frame.insert(k, name, keys[name].array)  # .array: the dtype stays (Int64, tz)
     return frame
 
 
@@ -73,7 +73,7 @@ def failed_with_keys(reader: ResultReader, keep: list[str]) -> Any:
         return frame
     keys = keys_frame(reader.store, reader.id).iloc[frame["row"].to_numpy()]
     for k, name in enumerate(keep):
-        frame.insert(1 + k, name, keys[name].to_numpy())
+        frame.insert(1 + k, name, keys[name].array)
     return frame
 
 
