@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -185,3 +187,37 @@ def test_to_parquet_types_columns_missing_in_the_first_part(client, tmp_path, sm
     assert "string" in str(schema.field("y").type)
     assert "string" in str(schema.field("error").type)
     _same(pd.read_parquet(out), resp.to_frame())
+
+
+# -- property: Parquet input is cast exactly like the same DataFrame ---------------------
+
+_VALUES = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1),
+                    st.floats(allow_nan=True, allow_infinity=True))
+
+
+@pytest.mark.parametrize("declared", [int, float])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(_VALUES, min_size=1, max_size=6), as_float=st.booleans())
+def test_parquet_casts_like_the_dataframe(client, tmp_path, declared, values, as_float):
+    """Same column through Parquet and through a DataFrame: same values, or both refused."""
+    name = f"echo-{declared.__name__}"
+    try:
+        svc = client.get_service(name)
+    except LookupError:
+        svc = (client.service(name).version("1.0").code_str("y = repr(a)", None)
+               .inputs(a=declared).outputs(y=str).deploy())
+    if as_float or any(isinstance(v, float) for v in values):
+        column = pa.array([None if v is None else float(v) for v in values], pa.float64())
+    else:
+        column = pa.array(values, pa.int64())
+    table = pa.table({"a": column})
+    frame = table.to_pandas(integer_object_nulls=True)
+    results = []
+    for records in (table, frame):
+        try:
+            results.append(_run(svc, records).to_frame()["y"].tolist())
+        except SchemaError as exc:
+            text = str(exc)  # the same reason; where it is named differs (Table: row N)
+            results.append(f"refused: {text[text.find('Invalid'):]}")
+    assert results[0] == results[1]
