@@ -25,10 +25,10 @@ from ._errors import (
 )
 from ._responses import ServiceResponse
 from ._schema import InputTable, normalize_records
-from ._store.arrow import arrow_source
+from ._store.arrow import ArrowSource, arrow_source
 from ._store.executions import check_artifact_name
 from ._store.fsutil import atomic_write_with
-from ._store.keys import keys_source
+from ._store.keys import KeyedSource, keys_source
 from ._store.registry import ServiceRecord
 from ._store.results import ResultReader
 from ._store.spool import CsvSource
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 from ._store.states import TERMINAL
 
 __all__ = ["Batch", "BatchResponse"]
+
+#: Validated records, until ``start()`` spools them.
+Records = InputTable | CsvSource | ArrowSource | KeyedSource
 
 _OPTION_NAMES = {"max_attempts", "row_timeout", "init_timeout", "error_threshold",
                  "start_method", "console_limit", "artifact_limit", "output_limit"}
@@ -72,7 +75,7 @@ _IGNORED = "ignoring columns that are not service inputs: "
 
 
 def _validated_source(records: Any, record: ServiceRecord, keep: Any = None
-                      ) -> InputTable | CsvSource:
+                      ) -> Records:
     """Validated records (with their ``keep`` columns); their warnings point at the
     user's line, not at localbatch. Kept columns are not "ignored": the warning leaves
     them out, and is not given when the records are refused.
@@ -107,7 +110,7 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _validated(records: Any, record: ServiceRecord) -> InputTable | CsvSource:
+def _validated(records: Any, record: ServiceRecord) -> Records:
     inputs = record.inputs
     arrow = arrow_source(records, inputs) if inputs else None
     if arrow is not None:
@@ -139,7 +142,7 @@ class Batch:
         self._engine = executions.engine if engine is None else get_engine(engine)
         self._options = _options(executions.start_method, parallel_count, options)
         self._execution_id = execution_id
-        self._records: InputTable | CsvSource | None = None
+        self._records: Records | None = None
         if execution_id is None:
             self._records = _validated_source(records, record, keep)
 
