@@ -26,11 +26,14 @@ from ._errors import (
 )
 from ._responses import ServiceResponse
 from ._schema import InputTable, normalize_records
+from ._store.arrow import ArrowSource, arrow_source
 from ._store.executions import check_artifact_name
 from ._store.fsutil import atomic_write_with
+from ._store.keys import KeyedSource, keys_source
 from ._store.registry import ServiceRecord
 from ._store.results import ResultReader
 from ._store.spool import CsvSource
+from ._store.tables import failed_with_keys, frame_with_keys, result_frames, write_parquet
 from ._views import batch_html, wait_with_progress
 
 if TYPE_CHECKING:
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
 from ._store.states import TERMINAL
 
 __all__ = ["Batch", "BatchResponse"]
+
+#: Validated records, until ``start()`` spools them.
+Records = InputTable | CsvSource | ArrowSource | KeyedSource
 
 _OPTION_NAMES = {"max_attempts", "row_timeout", "init_timeout", "error_threshold",
                  "start_method", "console_limit", "artifact_limit", "output_limit"}
@@ -66,13 +72,28 @@ def _options(start_method: str, parallel_count: int, options: dict[str, Any]) ->
     return BatchOptions(parallel_count=parallel_count, limits=limits, **options).validate()
 
 
-def _validated_source(records: Any, record: ServiceRecord) -> InputTable | CsvSource:
-    """Validated records; their warnings point at the user's line, not at localbatch."""
+_IGNORED = "ignoring columns that are not service inputs: "
+
+
+def _validated_source(records: Any, record: ServiceRecord, keep: Any = None
+                      ) -> Records:
+    """Validated records (with their ``keep`` columns); their warnings point at the
+    user's line, not at localbatch. Kept columns are not "ignored": the warning leaves
+    them out, and is not given when the records are refused.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = _validated(records, record)
+        source = keys_source(_validated(records, record), records, keep,
+                             [n for n, _ in record.outputs])
     level = _user_stacklevel()
+    kept = {keep} if isinstance(keep, str) else set(keep or ())
     for w in caught:
+        text = str(w.message)
+        if kept and text.startswith(_IGNORED):
+            left = [c for c in text[len(_IGNORED):].split(", ") if c not in kept]
+            if not left:
+                continue
+            w.message = w.category(_IGNORED + ", ".join(left))
         if issubclass(w.category, LocalBatchWarning):
             warnings.warn(w.message, w.category, stacklevel=level)
         else:
@@ -90,12 +111,16 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _validated(records: Any, record: ServiceRecord) -> InputTable | CsvSource:
+def _validated(records: Any, record: ServiceRecord) -> Records:
     inputs = record.inputs
+    arrow = arrow_source(records, inputs) if inputs else None
+    if arrow is not None:
+        return arrow
     if isinstance(records, (str, os.PathLike)):
         path = Path(records)
-        if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".txt"):
-            raise TypeError(f"records path {str(path)!r} must be a .csv or .tsv file")
+        if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq"):
+            raise TypeError(f"records path {str(path)!r} must be a .csv, .tsv or .parquet "
+                            "file, or a folder of .parquet files")
         if not inputs:
             raise SchemaError("Attempt to batch a service with void inputs.")
         return CsvSource(path, inputs)
@@ -114,14 +139,15 @@ class Batch:
         self._executions: Executions = executions
         self._service_api = service.api
         engine = options.pop("engine", None)
+        keep = options.pop("keep", None)
         self._engine = executions.engine if engine is None else get_engine(engine)
         self._options = _options(executions.start_method, parallel_count, options)
         self._execution_id = execution_id
         #: ``start()`` never starts twice, from any number of threads.
         self._start_lock = threading.Lock()
-        self._records: InputTable | CsvSource | None = None
+        self._records: Records | None = None
         if execution_id is None:
-            self._records = _validated_source(records, record)
+            self._records = _validated_source(records, record, keep)
 
     # SDK properties ----------------------------------------------------------------
 
@@ -421,13 +447,26 @@ class BatchResponse:
                  if name in self._record.artifacts}
         return ServiceResponse.from_row(self.api, self._record, row, files)
 
+    @property
+    def keep(self) -> list[str]:
+        """The input columns stored beside the outputs (``svc.batch(..., keep=[...])``)."""
+        return list(self._header.get("keep") or [])
+
     def to_frame(self) -> Any:
-        """One row per recorded input row (input order): input index, outputs, ``error``."""
-        return self._rows.to_frame()
+        """One row per recorded input row (input order): input index, the ``keep``
+        columns, outputs, ``error``."""
+        return frame_with_keys(self._rows, self.keep)
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> int:
+        """Write ``to_frame()``'s table to a Parquet file, part by part (the whole table
+        is never in memory); returns the number of rows written. Needs pyarrow."""
+        return write_parquet(result_frames(self._rows, self.keep), Path(path),
+                             lambda: self.to_frame().iloc[:0], self._record.outputs)
 
     def failed(self) -> Any:
-        """The failed rows: row, input index, inputs, error type, message, attempts."""
-        return self._rows.failed_frame()
+        """The failed rows: row, input index, the ``keep`` columns, inputs, error type,
+        message, attempts."""
+        return failed_with_keys(self._rows, self.keep)
 
     def __str__(self) -> str:
         return (f"\n<BatchResponse> \n   api: {self.api} \n   execution_id: {self.execution_id}\n"

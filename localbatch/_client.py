@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,17 @@ class MLServer(Operationalization):
         """The ``Service`` of ``name`` (``version=None``: the most recently published)."""
         version = opts.pop("version", None)
         _no_extra(opts, "get_service")
-        return Service(self._registry.get(name, version), self._executions)
+        return Service(self._find(name, version), self._executions)
+
+    def _find(self, name: str, version: str | None = None) -> Any:
+        """The registry's record; not found says what is there (close names, versions)."""
+        try:
+            return self._registry.get(name, version)
+        except ServiceNotFoundError as exc:
+            if not str(exc).startswith("No service found"):
+                raise  # a revision gone under a running batch: nothing to suggest
+            raise ServiceNotFoundError(f"{exc}{_not_found_help(self._registry, name, version)}"
+                                       ) from None
 
     def list_services(self, name: str | None = None, **opts: Any) -> list[dict[str, Any]]:
         """The SDK's metadata dicts of every service, or of one name (and ``version``)."""
@@ -144,6 +155,7 @@ class MLServer(Operationalization):
         if version is None:
             raise ValueError("Missing the required parameter `version`: delete_service(name, "
                              "version=...) deletes one version")
+        self._find(name, version)
         store = self._executions.store
         # Revisions of executions, and of batches still starting, stay (see Registry.delete).
         return self._registry.delete(name, version,
@@ -184,7 +196,8 @@ class MLServer(Operationalization):
             try:
                 spec.version = self._registry.latest(name).version
             except ServiceNotFoundError:
-                raise ServiceNotFoundError(f"No service found for {name}: deploy it first")
+                raise ServiceNotFoundError(f"No service found for {name}: deploy it first"
+                                           f"{_not_found_help(self._registry, name, None)}")
         # The consume method lives on the Service: it may not hide one of its members.
         return Service(self._registry.publish(spec, replace=replace, reserved=dir(Service)),
                        self._executions)
@@ -194,17 +207,17 @@ class MLServer(Operationalization):
     def create_or_update_service_pool(self, name: str, version: str, initial_pool_size: int,
                                       max_pool_size: int, **opts: Any) -> None:
         """Local no-op: warm worker pools are managed automatically."""
-        self._registry.get(name, version)
+        self._find(name, version)
 
     def get_service_pool_status(self, name: str, version: str, **opts: Any
                                 ) -> list[dict[str, str]]:
         """Local stand-in: the one local "node" is always ready."""
-        self._registry.get(name, version)
+        self._find(name, version)
         return [{"computeNodeEndpoint": "local", "status": "Success"}]
 
     def delete_service_pool(self, name: str, version: str, **opts: Any) -> bool:
         """Local no-op: idle workers stop by themselves."""
-        self._registry.get(name, version)
+        self._find(name, version)
         return True
 
     # executions (beyond the SDK) --------------------------------------------------
@@ -252,6 +265,28 @@ class MLServer(Operationalization):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_LIST_HINT = "list them with client.list_services(), or `localbatch services` in a shell"
+
+
+def _not_found_help(registry: Registry, name: str, version: str | None) -> str:
+    """"; did you mean 'TxService'? (...)" or the versions a found name has."""
+    records = registry.list()
+    versions = [r.version for r in records if r.name == name]
+    if version is not None and versions:
+        return f"; its versions: {', '.join(versions)}"
+    names = sorted({r.name for r in records})
+    if not names:
+        return " (this store has no services yet)"
+    by_lower: dict[str, list[str]] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), []).append(n)
+    close = by_lower.get(name.lower()) or [
+        n for low in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+        for n in by_lower[low]]
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"{hint} ({_LIST_HINT})"
 
 
 def _check_start_method(start_method: Any) -> None:

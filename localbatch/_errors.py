@@ -148,3 +148,14 @@ class StoreError(LocalBatchError, OSError):
 
 class StoreCorruptedError(StoreError):
     """A store file exists but cannot be parsed."""
+
+
+def _public_names() -> None:
+    """Tracebacks and reprs name the public class (``localbatch.ServiceNotFoundError``),
+    which is where users import it from, not this private module. Pickles still load:
+    ``localbatch`` imports every one of them eagerly."""
+    for name in __all__:
+        globals()[name].__module__ = "localbatch"
+
+
+_public_names()

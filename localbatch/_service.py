@@ -178,12 +178,16 @@ class Service:
     # batch ------------------------------------------------------------------------
 
     def batch(self, records: Any, parallel_count: int = 10, **options: Any) -> Batch:
-        """A ``Batch`` of records (DataFrame, dict of lists, list of dicts, CSV/TSV path).
+        """A ``Batch`` of records: a DataFrame, a dict of lists, a list of dicts, the path
+        of a CSV/TSV or Parquet file, a folder of Parquet files, a ``pyarrow.Table`` or
+        ``pyarrow.RecordBatchReader`` (files and Arrow input are streamed).
 
-        Nothing runs until ``start()``. Options beyond the SDK: ``max_attempts`` (3),
-        ``row_timeout`` (None), ``init_timeout`` (300 s), ``error_threshold`` (None),
-        ``engine`` ('local', 'inline' or a dask Client), ``start_method``,
-        ``console_limit`` and ``artifact_limit`` (bytes per row).
+        Nothing runs until ``start()``. Options beyond the SDK: ``keep`` (input columns
+        carried into ``to_frame()`` and every output beside the outputs, e.g.
+        ``keep=["car"]``), ``max_attempts`` (3), ``row_timeout`` (None),
+        ``init_timeout`` (300 s), ``error_threshold`` (None), ``engine`` ('local',
+        'inline' or a dask Client), ``start_method``, ``console_limit`` and
+        ``artifact_limit`` (bytes per row).
         """
         if "parallelCount" in options:
             parallel_count = options.pop("parallelCount")

@@ -7,12 +7,12 @@ and ``ServiceResponse`` (their ``str()`` keeps the SDK's layout).
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import time
 from typing import IO, TYPE_CHECKING, Any
 
 from ._store.states import TERMINAL, ExecutionState
+from ._store.timing import parse_time, run_seconds
 
 if TYPE_CHECKING:
     from ._batch import BatchResponse
@@ -112,23 +112,10 @@ def wait_with_progress(executions: Executions, execution_id: str, timeout: float
 # -- HTML views ----------------------------------------------------------------------
 
 
-def parse_time(value: Any) -> float | None:
-    """Seconds since the epoch of a stored ISO timestamp; None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
-
-
 def elapsed_seconds(header: dict[str, Any]) -> float | None:
-    """Seconds from start to end (to now while running); None before it started."""
-    started = parse_time(header.get("started"))
-    if started is None:
-        return None
-    ended = parse_time(header.get("ended"))
-    return max(0.0, (ended if ended is not None else time.time()) - started)
+    """Seconds spent running, over every run (first, resumes, retries); to now while
+    running; None before it started."""
+    return run_seconds(header, time.time())
 
 
 def _rate_text(header: dict[str, Any]) -> str:

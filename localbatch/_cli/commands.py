@@ -23,6 +23,7 @@ from .lookup import (
     execution_folder,
     find_service,
     hint_prefix,
+    live_counts,
     live_header,
     open_client,
     owner_alive,
@@ -30,7 +31,17 @@ from .lookup import (
     resolve_id,
     store_path,
 )
-from .output import check_out, emit, note, say, short_time, size_text, text_table, types_text
+from .output import (
+    check_out,
+    emit,
+    note,
+    say,
+    short_time,
+    size_text,
+    text_table,
+    types_text,
+    write_response,
+)
 
 if TYPE_CHECKING:
     from .._batch import Batch, BatchResponse
@@ -61,6 +72,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     metas = client.list_services(args.name) if args.name else client.list_services()
     if not metas:
         if args.name:
+            client.get_service(args.name)  # raises, saying what there is
             raise CliError(f"No service found for {args.name}")
         say(f"no services in {path}")
         return EXIT_OK
@@ -119,11 +131,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not headers:
         say(f"no executions in {path}")
         return EXIT_OK
-    rows = [(h["execution_id"][:12], f"{h['service']} {h['version']}", h["state"],
-             f"{h.get('completed') or 0}/{h['total']}", h.get("failed") or 0,
-             short_time(h.get("started") or h.get("created")),
-             _owner_text(h, h["state"] in ACTIVE))
-            for h in headers]
+    rows = []
+    for h in headers:
+        done, failed = live_counts(client, h) if h["state"] in ACTIVE else (
+            h.get("completed") or 0, h.get("failed") or 0)
+        rows.append((h["execution_id"][:12], f"{h['service']} {h['version']}", h["state"],
+                     f"{done}/{h['total']}", failed,
+                     short_time(h.get("first_started") or h.get("started") or h.get("created")),
+                     _owner_text(h, h["state"] in ACTIVE)))
     say(text_table(["ID", "SERVICE", "STATE", "DONE/TOTAL", "FAILED", "STARTED", "OWNER"], rows))
     return EXIT_OK
 
@@ -134,27 +149,28 @@ def _status_one(args: argparse.Namespace, client: DeployClient, eid: str) -> int
         say(json.dumps(h, indent=1, default=str))
         return EXIT_OK
     alive = h["state"] in ACTIVE
-    done = int(h.get("completed") or 0)
-    seconds = elapsed_seconds(h)
-    timing = "-"
-    if seconds is not None:
-        timing = f"{seconds:.1f}s" + (f" ({done / seconds:,.1f} rows/s)" if done and seconds
-                                      else "")
+    done, failed = live_counts(client, h) if alive else (int(h.get("completed") or 0),
+                                                         int(h.get("failed") or 0))
     fields = [
         ("execution", eid),
         ("service", f"{h['service']} {h['version']} (revision {h.get('revision')})"),
         ("state", h["state"]),
-        ("rows", f"{done}/{h['total']} recorded, {h.get('failed') or 0} failed"),
+        ("rows", f"{done}/{h['total']} recorded, {failed} failed"),
         ("created", short_time(h.get("created"))),
-        ("started", short_time(h.get("started"))),
+        ("started", short_time(h.get("first_started") or h.get("started"))),
         ("ended", short_time(h.get("ended"))),
-        ("elapsed", timing),
+        ("elapsed", _timing(h, done)),
         ("parallel", f"{h.get('parallel_count')} worker(s), engine {h.get('engine')}"),
         ("owner", _owner_text(h, alive) if alive or h.get("interrupted") else
          f"pid {h.get('owner_pid')} (exited)"),
     ]
     if h.get("resumed"):
         fields.append(("resumed", f"{h['resumed']} time(s)"))
+    if h.get("first_started"):
+        what = "retried" if h.get("retried_with") else "last run"
+        fields.append((what, f"started {short_time(h.get('started'))}"
+                             + (f" (version {h['retried_with']})" if h.get("retried_with")
+                                else "")))
     if h.get("error"):
         fields.append(("error", h["error"]))
     if h.get("resumable"):
@@ -163,6 +179,16 @@ def _status_one(args: argparse.Namespace, client: DeployClient, eid: str) -> int
         fields.append(("next", f"{hint_prefix(args)} failed {eid}"))
     say("\n".join(f"{k + ':':<11}{v}" for k, v in fields))
     return EXIT_OK
+
+
+def _timing(h: dict[str, Any], done: int) -> str:
+    """Time spent running over every run, and the rate over that time (a retry of a
+    few rows does not make a batch look fast)."""
+    seconds = elapsed_seconds(h)
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" + (f" ({done / seconds:,.1f} rows/s)" if done and seconds
+                                else "")
 
 
 # -- rows and artifacts --------------------------------------------------------------------
@@ -181,7 +207,10 @@ def _snapshot(args: argparse.Namespace) -> tuple[Batch, BatchResponse]:
 def cmd_results(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     _, resp = _snapshot(args)
-    emit(resp.to_frame(), out)
+    if out is None:
+        emit(resp.to_frame(), None)
+    else:
+        write_response(resp, out)
     if out is not None:
         say(f"wrote {resp.completed_item_count} row(s) to {out}")
     return EXIT_OK
@@ -191,6 +220,11 @@ def cmd_failed(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     _, resp = _snapshot(args)
     frame = resp.failed()
+    if len(frame) == 0 and out is None:
+        # A bare CSV header reads like a broken command; say it in words.
+        say(f"no failed rows ({resp.completed_item_count}/{resp.total_item_count} rows "
+            "recorded)")
+        return EXIT_OK
     emit(frame, out)
     if out is not None:
         say(f"wrote {len(frame)} failed row(s) to {out}")
@@ -207,13 +241,24 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
         if not names:
             note(f"row {args.index} has no artifacts")
         return EXIT_OK
-    dest = Path(args.download)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _download_dir(Path(args.download))
     for path in batch.download(args.index, destination=dest) if names else []:
         say(path)
     if not names:
         note(f"row {args.index} has no artifacts")
     return EXIT_OK
+
+
+def _download_dir(dest: Path) -> Path:
+    """``--download DIR``: DIR is made if missing, its parent never (a typo in a path
+    must not grow a tree of folders somewhere)."""
+    if dest.exists() and not dest.is_dir():
+        raise CliError(f"--download {dest}: not a folder")
+    if not dest.exists():
+        if not dest.parent.is_dir():
+            raise CliError(f"--download {dest}: folder {dest.parent} does not exist")
+        dest.mkdir()
+    return dest
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -228,6 +273,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     resp = batch.results()
     say(f"{eid} {resp.state}: {resp.completed_item_count}/{resp.total_item_count} rows "
         "recorded and kept")
+    if resp.state == ExecutionState.CANCELED and \
+            resp.completed_item_count < resp.total_item_count:
+        say(f"to run the remaining rows: {hint_prefix(args)} resume {eid} --force")
     return EXIT_OK
 
 

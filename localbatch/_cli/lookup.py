@@ -32,6 +32,7 @@ __all__ = [
     "executions_of",
     "find_service",
     "hint_prefix",
+    "live_counts",
     "live_header",
     "open_client",
     "open_executions",
@@ -116,6 +117,29 @@ def executions_of(client: DeployClient) -> Executions:
 def live_header(client: DeployClient, execution_id: str) -> dict[str, Any]:
     """The header as readers must see it: a dead owner never reads as running."""
     return executions_of(client).header(execution_id)
+
+
+def live_counts(client: DeployClient, header: dict[str, Any]) -> tuple[int, int]:
+    """(recorded, failed) rows of a running execution, from its published parts.
+
+    The owner rewrites the header's counters at most every 0.2 s and only when it
+    commits, so they can trail the parts (and the owner's own progress bar, which
+    also counts what it holds); the parts are what is recorded. During a retry the
+    retried rows still have their old record: the header's counts are used then.
+    """
+    done, failed = int(header.get("completed") or 0), int(header.get("failed") or 0)
+    if header.get("retried_with") is not None:
+        return done, failed
+    store = executions_of(client).store
+    eid, total = header["execution_id"], int(header["total"])
+    row_map = store.row_map(eid, total)
+    bad = 0
+    for k, name in enumerate(row_map.parts):
+        part = store.read_part(eid, name)
+        index = part.column("index").buffers["values"]
+        latest = row_map.part_of[index] == k
+        bad += int((~part.column("error_type").buffers["mask"][latest]).sum())
+    return max(done, int((row_map.part_of >= 0).sum())), max(failed, bad)
 
 
 def owner_alive(client: DeployClient, execution_id: str) -> bool:

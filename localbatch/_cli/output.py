@@ -1,8 +1,8 @@
 """What the command line prints, and the tables it reads and writes.
 
 Messages (``say`` on stdout, ``note`` on stderr), short times, text tables, sizes;
-input files (CSV/TSV streamed by the engine, Parquet read as a frame) and result
-frames written to stdout or, through a temp file and a rename, to ``--out``.
+input paths (CSV/TSV/Parquet, streamed by the engine) and result tables written
+to stdout or, through a temp file and a rename, to ``--out`` (Parquet part by part).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "timing_text",
     "types_text",
     "write_frame",
+    "write_response",
 ]
 
 _INPUT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq")
@@ -107,22 +108,19 @@ def types_text(defs: list[dict[str, str]]) -> str:
 # -- reading and writing tables -----------------------------------------------------------
 
 
-def read_input(path_text: str) -> Any:
-    """A CSV/TSV path (streamed by the engine) or a Parquet file read as a frame."""
+def read_input(path_text: str) -> str:
+    """A CSV/TSV/Parquet path (streamed by the engine) or a folder of Parquet files."""
     path = Path(path_text)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        _require_pyarrow("read a folder of Parquet files")
+        return str(path)
     if suffix not in _INPUT_SUFFIXES:
         raise CliError(f"input {path} must be a .csv, .tsv or .parquet file")
     if not path.is_file():
         raise CliError(f"input file not found: {path}")
     if suffix in (".parquet", ".pq"):
-        import pandas as pd  # deferred: only Parquet input needs it here (start-up cost)
-
         _require_pyarrow("read Parquet input")
-        try:
-            return pd.read_parquet(path)
-        except Exception as exc:
-            raise CliError(f"cannot read {path}: {exc}") from exc
     return str(path)
 
 
@@ -130,7 +128,8 @@ def _require_pyarrow(what: str) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise CliError(f"pyarrow is needed to {what}: pip install pyarrow") from None
+        raise CliError(f'pyarrow is needed to {what}: pip install "localbatch[parquet]"'
+                       ) from None
 
 
 def check_out(out: str | None) -> Path | None:
@@ -164,6 +163,14 @@ def _write_as(frame: Any, suffix: str, fh: BinaryIO) -> None:
                                              default_handler=str).encode())
     else:
         frame.to_parquet(fh)
+
+
+def write_response(resp: Any, path: Path) -> None:
+    """A response's table to ``path``; Parquet part by part (never the whole table)."""
+    if path.suffix.lower() == ".parquet":
+        resp.to_parquet(path)
+    else:
+        write_frame(resp.to_frame(), path)
 
 
 def emit(frame: Any, out: Path | None) -> None:

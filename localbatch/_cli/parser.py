@@ -111,7 +111,8 @@ def _args_show(p: argparse.ArgumentParser) -> None:
 def _args_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("service", metavar="NAME[@VERSION]",
                    help="the service (without a version: the latest)")
-    p.add_argument("input", metavar="INPUT", help="a .csv, .tsv or .parquet file")
+    p.add_argument("input", metavar="INPUT",
+                   help="a .csv, .tsv or .parquet file, or a folder of .parquet files")
     _progress_flags(p)
     p.add_argument("--row-timeout", type=_seconds, metavar="S",
                    help="fail a row that runs longer than S seconds")
@@ -119,6 +120,9 @@ def _args_run(p: argparse.ArgumentParser) -> None:
                    help="attempts for a row whose worker died (default 3)")
     p.add_argument("--error-threshold", type=_nonnegative_int, metavar="N",
                    help="fail the whole batch once more than N rows have failed")
+    p.add_argument("--keep", action="append", metavar="COL",
+                   help="carry this input column (an id, a key) into the results beside the "
+                        "outputs; repeat for several")
 
 
 def _args_status(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ from .lookup import (
     rerun_batch,
     resolve_id,
 )
-from .output import check_out, note, read_input, say, timing_text, write_frame
+from .output import check_out, note, read_input, say, timing_text, write_response
 
 if TYPE_CHECKING:
     from .._batch import Batch, BatchResponse
@@ -97,7 +97,7 @@ def _finish(args: argparse.Namespace, resp: BatchResponse, out: Path | None,
                            resp.failed_item_count)
     if state == ExecutionState.COMPLETE:
         if out is not None:
-            write_frame(resp.to_frame(), out)
+            write_response(resp, out)
         say(f"Complete: {done}/{total} rows, {failed} failed{timing_text(timing, done)}"
             + (f"; wrote {out}" if out is not None else ""))
         if failed:
@@ -109,6 +109,8 @@ def _finish(args: argparse.Namespace, resp: BatchResponse, out: Path | None,
         return EXIT_OK
     if state == ExecutionState.CANCELED:
         note(f"{eid} was canceled: {done}/{total} rows recorded ({resp.error or 'by request'})")
+        if done < total:  # canceled from another terminal: this one says how to go on too
+            note(f"to run the remaining rows: {hint_prefix(args)} resume {eid} --force")
         return EXIT_CANCELED
     note(f"{eid} Failed: {resp.error or 'unknown error'} ({done}/{total} rows recorded)")
     if resp.resumable:
@@ -128,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["row_timeout"] = args.row_timeout
     if args.error_threshold is not None:
         options["error_threshold"] = args.error_threshold
+    if args.keep:
+        options["keep"] = args.keep
     with _naming(args.input):
         batch = service.batch(records, parallel_count=args.parallel_count or os.cpu_count()
                               or 1, **options)
@@ -149,7 +153,9 @@ def _naming(input_path: str) -> Iterator[None]:
     try:
         yield
     except SchemaError as exc:
-        raise CliError(f"{input_path}: {exc}") from exc
+        text = str(exc)  # Parquet errors already start with the file (and row group)
+        raise CliError(text if text.startswith(input_path) else f"{input_path}: {text}"
+                       ) from exc
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -39,13 +39,12 @@ from .._errors import (
     StoreError,
 )
 from .._logging import close_execution_logger, execution_logger
-from .._schema import InputTable
 from .._store.commit import FINAL_FIELDS, Committer, history_entry, now_iso
 from .._store.executions import ExecutionStore, OwnerLock
 from .._store.fsutil import read_json, unlink_if_present
+from .._store.keys import rows_hint, spool_source
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
-from .._store.spool import CsvSource, spool_csv, spool_table
 from .._store.states import (
     ACTIVE,
     TERMINAL,
@@ -53,6 +52,7 @@ from .._store.states import (
     damaged_header,
     resumes_only_forced,
 )
+from .._store.timing import carry_run_time
 from .base import RUNS, BatchOptions, Engine, RunContext, RunHandle
 from .consume import consume
 from .registry import get_engine
@@ -171,7 +171,7 @@ class Executions:
 
     # running -------------------------------------------------------------------------
 
-    def submit(self, record: ServiceRecord, source: InputTable | CsvSource,
+    def submit(self, record: ServiceRecord, source: Any,
                options: BatchOptions, engine: Engine | None = None) -> str:
         """Spool the inputs, publish the execution and start it; returns its id."""
         engine = engine or self.engine
@@ -183,12 +183,8 @@ class Executions:
         staging = store.staging(execution_id, pin=record)
         try:
             _pin_revision(record, staging / "revision")
-            engine.prepare(record, options,
-                           None if isinstance(source, CsvSource) else len(source))
-            if isinstance(source, CsvSource):
-                total = spool_csv(source, staging / "inputs")
-            else:
-                total = spool_table(source, record.inputs, staging / "inputs")
+            engine.prepare(record, options, rows_hint(source))
+            total = spool_source(source, record.inputs, staging)
         except BaseException:
             store.discard_staging(staging)
             raise
@@ -201,6 +197,7 @@ class Executions:
             "parallel_count": options.parallel_count,
             "engine": engine.name,
             "options": options.to_json(),
+            "keep": list(getattr(source, "keep", None) or []),
             "state": ExecutionState.PENDING,
             "completed": 0,
             "failed": 0,
@@ -331,6 +328,7 @@ class Executions:
                                   "resume(force=True) runs its remaining rows anyway")
             record = self._revision(header)
             unlink_if_present(self.store.path(execution_id) / "cancel")
+            carry_run_time(header)
             header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
                           owner_pid=os.getpid(), resumed=int(header.get("resumed", 0)) + 1)
             self.store.write_header(execution_id, header)
@@ -353,6 +351,7 @@ class Executions:
             if not history:
                 lock.release()
                 return 0
+            carry_run_time(header)
             header.update(state=ExecutionState.PENDING, error=None, resumable=False, ended=None,
                           owner_pid=os.getpid(), retried_with=record.version)
             self.store.write_header(execution_id, header)

@@ -594,10 +594,13 @@ class ExecutionStore:
         except FileNotFoundError:
             return []
 
-    def read_part(self, execution_id: str, name: str, kind: str = "results") -> Part:
+    def read_part(self, execution_id: str, name: str, kind: str = "results",
+                  cache: bool = True) -> Part:
+        """A published part; ``cache=False``: neither from nor into the cache (a reader
+        streaming every part must not hold them all)."""
         key = (execution_id, f"{kind}/{name}")
         with self._parts_lock:
-            part = self._parts.get(key)
+            part = self._parts.get(key) if cache else None
         if part is not None:
             return part
         path = self.path(execution_id) / kind / name
@@ -607,7 +610,7 @@ class ExecutionStore:
             raise StoreCorruptedError(f"{path} is damaged: {exc}") from None
         except OSError as exc:
             raise StoreError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
-        if kind == "results":
+        if kind == "results" and cache:
             with self._parts_lock:
                 # Published parts are immutable, so caching them by name is safe. Input
                 # parts are read once per run: caching them would hold the whole spool.

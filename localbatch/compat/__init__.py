@@ -21,11 +21,25 @@ to shadow a real ``azureml`` package that is already imported.
 
 The drop-in's ``DeployClient`` is localbatch's, with two differences for code
 written against a server: an http(s) host (or none) opens the drop-in's store
-(``home``, else ``$LOCALBATCH_HOME``, else the per-user default), and a missing
-service raises :class:`HttpException` with status 404, as ML Server does (it
-is a ``ServiceNotFoundError`` too). Modules imported while the drop-in was
-installed keep the classes they bound; those classes follow the drop-in that is
-installed when they are called.
+(``home``, else ``$LOCALBATCH_HOME``, else the per-user default), and where ML
+Server answers an HTTP error, the drop-in raises :class:`HttpException` with the
+status the server would have answered. Each is a subclass that keeps its
+localbatch class, so ``except HttpException`` (SDK code) and ``except
+ServiceExistsError`` / ``except ValueError`` (localbatch code) both catch it::
+
+    HttpNotFound             404  ServiceNotFoundError    get/delete/redeploy, pools
+    HttpServiceExists        409  ServiceExistsError      deploy of a published version
+    HttpBadRequest           400  InvalidServiceError     a definition the server refuses
+    HttpExecutionNotFound    404  ExecutionNotFoundError  get_batch, results, cancel
+    HttpRowNotFound          404  RowNotRecordedError     list_artifacts, artifact, download
+    HttpArtifactNotFound     404  ArtifactNotFoundError   artifact, download
+
+The SDK's client-side errors stay as they are (``ValueError`` for a bad input
+value or a missing ``version=``, ``TypeError`` for an unknown keyword). ML Server
+answers 401 to a bad login; locally ``auth`` is accepted and ignored, so no call
+raises it. The services and batches the drop-in's client returns map their errors
+the same way. Modules imported while the drop-in was installed keep the classes
+they bound; those classes follow the drop-in that is installed when they are called.
 """
 
 from __future__ import annotations
@@ -45,10 +59,20 @@ import localbatch as lb
 from .._client import default_store
 from .._definition import OperationalizationDefinition
 from .._engines.registry import get_engine
-from .._errors import ConfigurationError, LocalBatchError, ServiceNotFoundError
+from .._errors import (
+    ArtifactNotFoundError,
+    ConfigurationError,
+    ExecutionNotFoundError,
+    InvalidServiceError,
+    LocalBatchError,
+    RowNotRecordedError,
+    ServiceExistsError,
+    ServiceNotFoundError,
+)
 
-__all__ = ["DeployClient", "DropIn", "HttpException", "HttpNotFound", "azureml",
-           "install_azureml"]
+__all__ = ["DeployClient", "DropIn", "HttpArtifactNotFound", "HttpBadRequest", "HttpException",
+           "HttpExecutionNotFound", "HttpNotFound", "HttpRowNotFound", "HttpServiceExists",
+           "azureml", "install_azureml"]
 
 _MARK = "__localbatch_dropin__"
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -80,17 +104,92 @@ class HttpNotFound(HttpException, ServiceNotFoundError):
     """A missing service: ML Server answers 404, so SDK code catches ``HttpException``."""
 
 
-def _not_found_as_http(method: _F) -> _F:
+class HttpServiceExists(HttpException, ServiceExistsError):
+    """A deploy of a name and version already published: ML Server answers 409."""
+
+
+class HttpBadRequest(HttpException, InvalidServiceError):
+    """A service definition the server refuses (a bad name, type or option): 400."""
+
+
+class HttpExecutionNotFound(HttpException, ExecutionNotFoundError):
+    """No batch execution with that id: ML Server answers 404 "Execution not found"."""
+
+
+class HttpRowNotFound(HttpException, RowNotRecordedError):
+    """The files of a row that has no result (yet): 404."""
+
+
+class HttpArtifactNotFound(HttpException, ArtifactNotFoundError):
+    """No artifact of that name for the row: 404."""
+
+
+#: localbatch's error → the drop-in's, with the status ML Server answers (first match).
+_HTTP: tuple[tuple[type[LocalBatchError], type[HttpException], int], ...] = (
+    (ServiceNotFoundError, HttpNotFound, 404),
+    (ServiceExistsError, HttpServiceExists, 409),
+    (InvalidServiceError, HttpBadRequest, 400),
+    (ExecutionNotFoundError, HttpExecutionNotFound, 404),
+    (RowNotRecordedError, HttpRowNotFound, 404),
+    (ArtifactNotFoundError, HttpArtifactNotFound, 404),
+)
+
+
+def _as_http(exc: LocalBatchError) -> HttpException | None:
+    for error, http, status in _HTTP:
+        if isinstance(exc, error):
+            return http(status, str(exc))  # str(): "(404)\nReason: No service found..."
+    return None
+
+
+def _http_errors(method: _F) -> _F:
+    """``method`` raising the drop-in's HttpException subclasses (see ``_HTTP``), and
+    returning the drop-in's Service and Batch."""
+
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            return _adopt(method(*args, **kwargs))
         except HttpException:
             raise
-        except ServiceNotFoundError as exc:
-            raise HttpNotFound(404, str(exc)) from None
+        except LocalBatchError as exc:
+            http = _as_http(exc)
+            if http is None:
+                raise
+            raise http from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class _HttpService:
+    """Mixed into a returned Service's class: its batch calls map errors to HTTP ones."""
+
+    get_batch = _http_errors(lb.Service.get_batch)
+    batch = _http_errors(lb.Service.batch)
+
+
+class _HttpBatch(lb.Batch):
+    """The drop-in's Batch: the calls ML Server answers over HTTP map their errors."""
+
+    results = _http_errors(lb.Batch.results)
+    cancel = _http_errors(lb.Batch.cancel)
+    list_artifacts = _http_errors(lb.Batch.list_artifacts)
+    artifact = _http_errors(lb.Batch.artifact)
+    download = _http_errors(lb.Batch.download)
+
+
+@functools.lru_cache(maxsize=256)
+def _service_class(cls: type) -> type:
+    return type(cls.__name__, (_HttpService, cls), {"__module__": cls.__module__})
+
+
+def _adopt(value: Any) -> Any:
+    """A Service or Batch made by localbatch, as the drop-in's (same object, same state)."""
+    if isinstance(value, lb.Service) and not isinstance(value, _HttpService):
+        value.__class__ = _service_class(type(value))
+    elif isinstance(value, lb.Batch) and not isinstance(value, _HttpBatch):
+        value.__class__ = _HttpBatch
+    return value
 
 
 @dataclass(frozen=True)
@@ -122,14 +221,16 @@ class DeployClient(lb.DeployClient):
                 engine = settings.engine
         super().__init__(host, auth, use, engine=engine, start_method=start_method)
 
-    get_service = _not_found_as_http(lb.DeployClient.get_service)
-    delete_service = _not_found_as_http(lb.DeployClient.delete_service)
-    redeploy_service = _not_found_as_http(lb.DeployClient.redeploy_service)
-    redeploy_realtime = _not_found_as_http(lb.DeployClient.redeploy_realtime)
-    create_or_update_service_pool = _not_found_as_http(
-        lb.DeployClient.create_or_update_service_pool)
-    get_service_pool_status = _not_found_as_http(lb.DeployClient.get_service_pool_status)
-    delete_service_pool = _not_found_as_http(lb.DeployClient.delete_service_pool)
+    get_service = _http_errors(lb.DeployClient.get_service)
+    delete_service = _http_errors(lb.DeployClient.delete_service)
+    deploy_service = _http_errors(lb.DeployClient.deploy_service)
+    redeploy_service = _http_errors(lb.DeployClient.redeploy_service)
+    deploy_realtime = _http_errors(lb.DeployClient.deploy_realtime)
+    redeploy_realtime = _http_errors(lb.DeployClient.redeploy_realtime)
+    get_execution = _http_errors(lb.DeployClient.get_execution)
+    create_or_update_service_pool = _http_errors(lb.DeployClient.create_or_update_service_pool)
+    get_service_pool_status = _http_errors(lb.DeployClient.get_service_pool_status)
+    delete_service_pool = _http_errors(lb.DeployClient.delete_service_pool)
 
 
 def _module(name: str, **attrs: Any) -> types.ModuleType:
