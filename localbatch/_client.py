@@ -155,11 +155,15 @@ class MLServer(Operationalization):
         if version is None:
             raise ValueError("Missing the required parameter `version`: delete_service(name, "
                              "version=...) deletes one version")
-        self._find(name, version)
         store = self._executions.store
-        # Revisions of executions, and of batches still starting, stay (see Registry.delete).
-        return self._registry.delete(name, version,
-                                     lambda: store.pinned_revisions(name, version))
+        # Revisions of executions, and of batches still starting, stay (see Registry.delete),
+        # which also deletes a version whose manifest is damaged.
+        try:
+            return self._registry.delete(name, version,
+                                         lambda: store.pinned_revisions(name, version))
+        except ServiceNotFoundError:
+            self._find(name, version)  # raises the error that suggests close names
+            raise
 
     def deploy_service(self, name: str, **opts: Any) -> Any:
         """Publish a service from the builder's options as keywords; returns the Service."""
