@@ -9,9 +9,10 @@ and its board: it speaks the messages of :mod:`.protocol`, runs rows with a
 becomes an error on each row of the chunk, never a silent death.
 
 It exits on ``Stop``, when the connection closes, or once its owner (the
-process that started it) is gone, even mid-row: at once by the kernel's
-parent-death signal, else within ~0.25 s (see :func:`_tie_to_owner`); what its
-rows started dies with it. A worker a row left in a state that cannot be undone
+process that started it) is gone, even mid-row: its process starts as a keeper
+and a worker (see :mod:`.keeper`), and the kernel's parent-death signals end
+both and everything the rows started within milliseconds; a thread watching
+the owner is the backstop (~0.25 s). A worker a row left in a state that cannot be undone
 (see :mod:`.isolation`) *retires*: it says ``Retiring``, sends the chunk's
 results and exits while idle (status ``RETIRED_EXIT``), so no row is charged.
 """
@@ -32,6 +33,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from . import keeper
 from .board import Board
 from .isolation import (
     RETIRED_EXIT,
@@ -39,7 +41,6 @@ from .isolation import (
     descendants,
     kill_tree,
     set_child_subreaper,
-    set_parent_death_signal,
 )
 from .loading import read_service
 from .protocol import (
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> None:
 def serve(conn: Connection, board_path: str | None, owner: int) -> None:
     """The worker's life: load, init, then chunks until told to stop (or retired)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _tie_to_owner(owner)
+    keeper.split(owner, conn.close)  # from here on, this process is the worker
+    set_child_subreaper()
+    _watch_owner(owner)
     scratch = tempfile.mkdtemp(prefix="localbatch-worker-")
     os.environ["LOCALBATCH_SCRATCH"] = scratch
     os.chdir(scratch)
@@ -155,25 +158,18 @@ def _drain(conn: Connection) -> queue.SimpleQueue[bytes | None]:
     return inbox
 
 
-def _tie_to_owner(owner: int) -> None:
-    """Die with the owner: the kernel's parent-death signal, and a watcher thread.
+def _watch_owner(owner: int) -> None:
+    """Exit within ~0.25 s once the owner is gone (when the GIL lets us), taking
+    everything we started with us. The keeper (see :mod:`.keeper`) covers the
+    rest: a row holding the GIL, and what it started."""
+    def loop() -> None:
+        while True:
+            time.sleep(0.25)
+            if not _alive(owner):
+                kill_tree(descendants(os.getpid()))
+                os._exit(keeper.ORPHANED_EXIT)
 
-    ``PR_SET_PDEATHSIG`` kills us within milliseconds of our parent's death even
-    while a row holds the GIL (a catastrophic regex), where no thread of ours can
-    run; our parent is the owner (spawn: started from its long-lived launcher
-    thread, see :mod:`.process`) or its fork server, which exits with the owner.
-    The parent is read before the signal is set and checked after, so a parent
-    that died in between is seen too. The thread covers what the signal cannot:
-    an owner that is not our parent, and platforms without ``prctl``. As a child
-    subreaper, we get back whatever a row's children orphan, so the descendants
-    we kill on the way out are all of them.
-    """
-    parent = os.getppid()
-    set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent or not _alive(owner):
-        os._exit(70)
-    set_child_subreaper()
-    _watch_owner(owner, parent)
+    threading.Thread(target=loop, name="localbatch-owner-watch", daemon=True).start()
 
 
 def _alive(pid: int) -> bool:
@@ -184,19 +180,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def _watch_owner(owner: int, parent: int) -> None:
-    """Exit within ~0.25 s once the owner is gone (when the GIL lets us), taking
-    everything we started with us."""
-    def loop() -> None:
-        while True:
-            time.sleep(0.25)
-            if os.getppid() != parent or not _alive(owner):
-                kill_tree(descendants(os.getpid()))
-                os._exit(70)
-
-    threading.Thread(target=loop, name="localbatch-owner-watch", daemon=True).start()
 
 
 def _capture_fds(scratch: str) -> int:

@@ -184,6 +184,7 @@ class WorkerProcess:
     dead: bool = False
     #: Why it exits after its current results (see :mod:`.isolation`): never reused.
     retiring: str | None = None
+    _closed_by_worker: bool = False
     _board_path: str = ""
     _board: Any = None
     #: Row indices of each chunk sent and not yet answered, by chunk id.
@@ -228,7 +229,11 @@ class WorkerProcess:
     def recv(self) -> Message:
         """The next message (``Ready`` marks it ready); EOFError/OSError: it is gone."""
         assert self.conn is not None
-        msg = recv(self.conn)
+        try:
+            msg = recv(self.conn)
+        except (EOFError, OSError):
+            self._closed_by_worker = True
+            raise
         if isinstance(msg, ChunkDone):
             self._sent.pop(msg.chunk_id, None)
         elif isinstance(msg, Ready):
@@ -327,9 +332,31 @@ class WorkerProcess:
                 os.killpg(self.pid, signal.SIGKILL)
 
     def kill(self) -> None:
-        """SIGKILL the worker and its process group, then reap it."""
+        """SIGKILL the worker and everything it started, then reap it.
+
+        A worker that closed its connection (or said it retires) is exiting by
+        itself: it gets a moment to (its keeper ends what it started first, ~1 ms),
+        so its exit reads as what it was (a crash, a retirement), not as our kill.
+        """
+        ending = self.retiring is not None or self._closed_by_worker
+        if ending and not self.dead and self._exited(0.5):
+            return
         self.signal_kill()
         self.reap(timeout=5)
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether it ended by itself within ``timeout`` (then it is marked dead)."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+            code = self.proc.returncode
+        else:
+            code = zygote.exit_code(self.pid, timeout)
+        if code is None:
+            return False
+        self.dead, self.exitcode = True, code
+        self.close()
+        return True
 
     def reap(self, timeout: float = 0.5) -> int | None:
         """Mark dead and collect the exit status where this process can see it."""
