@@ -123,12 +123,17 @@ def fd_writer(a, b):
 def hold_gil(a, b):
     """A catastrophic regex: holds the GIL for minutes (the owner is killed meanwhile)."""
     _note_pid(os.getpid())
-    if b == 1:
+    if b in (1, 2):  # a child in a session of its own
         proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
         _note_pid(proc.pid)
     if b == 2:
         time.sleep(300)  # GIL released
     re.match(r"(a+)+$", "a" * 40 + "b")
+    return a
+
+
+def slow_row(a, b):
+    time.sleep(0.1)
     return a
 
 
