@@ -76,9 +76,13 @@ def _harm(mode: str, row: int) -> None:
 
 
 def _note_pid(pid: int) -> None:
+    _note(f"pid-{pid}")
+
+
+def _note(name: str) -> None:
     folder = os.environ.get("FAULT_LOG")
     if folder:
-        with open(os.path.join(folder, f"pid-{pid}"), "w"):
+        with open(os.path.join(folder, name), "w"):
             pass
 
 
@@ -104,6 +108,7 @@ def hazard(a, b):
     row = int(a)
     _check(row)
     if str(row) in os.environ.get("ISO_ROWS", "").split(","):
+        _note(f"harm-{row}-{os.environ.get('LOCALBATCH_WATCH_ROWS', '')}")
         _harm(os.environ["ISO_MODE"], row)
     return a * 2 + b
 

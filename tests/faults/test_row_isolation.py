@@ -51,11 +51,16 @@ def expected_console(row: int) -> str:
     return f"fd1-{row}\nfd2-{row}\npy{row}\n"
 
 
-def run_hazard(client, store, monkeypatch, mode: str, rows: int, bad: list[int]):
+def run_hazard(client, store, monkeypatch, mode: str, rows: int, bad: list[int],
+               start_method: str = "spawn"):
     monkeypatch.setenv("ISO_MODE", mode)
     monkeypatch.setenv("ISO_ROWS", ",".join(map(str, bad)))
     svc = deploy(client, f"iso-{mode}", isolation_fns.hazard)
-    resp = svc.batch(frame(rows), parallel_count=1).start().wait(timeout=90)
+    resp = svc.batch(frame(rows), parallel_count=1, start_method=start_method).start()
+    resp = resp.wait(timeout=90)
+    watch = os.environ.get("LOCALBATCH_WATCH_ROWS", "")
+    harmed = {p.name for p in (store.parent / "runs").glob("harm-*")}
+    assert harmed == {f"harm-{row}-{watch}" for row in bad}  # the rows did harm, as meant
     return svc, resp
 
 
@@ -74,16 +79,19 @@ def assert_all_good(store, resp, rows: int, noted: tuple[int, ...] = ()
     return records
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 @pytest.mark.parametrize("loop", ["checked", "fast"])
 @pytest.mark.parametrize("mode", ["rmcwd", "tempdir"])
-def test_issue_instance_row_deletes_its_cwd(client, store, fault_log, monkeypatch, mode, loop):
+def test_issue_instance_row_deletes_its_cwd(client, store, fault_log, monkeypatch, mode, loop,
+                                            start_method):
     """Issue 13.1: row 3 deletes its cwd; 2000 rows, then a next batch on the warm worker."""
     if loop == "fast":
         monkeypatch.setenv("LOCALBATCH_WATCH_ROWS", "0")
-    svc, resp = run_hazard(client, store, monkeypatch, mode, 2000, [3, 1500])
+    svc, resp = run_hazard(client, store, monkeypatch, mode, 2000, [3, 1500], start_method)
     records = assert_all_good(store, resp, 2000)
     assert len({r[1] for r in records.values()}) == 1  # one worker, never replaced
-    again = svc.batch(frame(300), parallel_count=1).start().wait(timeout=60)
+    again = svc.batch(frame(300), parallel_count=1, start_method=start_method).start()
+    again = again.wait(timeout=60)
     assert_all_good(store, again, 300)
     assert {r[1] for r in row_records(store, again.execution_id).values()} == \
         {r[1] for r in records.values()}  # the same warm worker
