@@ -9,8 +9,12 @@ caller's ``__main__`` (so a guard-less script works):
 
 A :class:`WorkerProcess` holds the worker's connection and its board (a mapped
 file in a scratch folder, in ``/dev/shm`` where there is one), so the owner
-can read the running row at any time. Owners that wait on one worker at a time
-(``consume``, a Dask task) use :meth:`~WorkerProcess.await_ready` and
+can read the running row at any time. Its pid is the worker's *keeper* (see
+:mod:`.keeper`): killing it kills the worker and everything the rows started,
+and its exit status is the worker's. Workers are started from a thread that
+lives as long as this process (:func:`on_launcher`), because the kernel's
+parent-death signal follows the thread that started a process. Owners that
+wait on one worker at a time (``consume``, a Dask task) use :meth:`~WorkerProcess.await_ready` and
 :meth:`~WorkerProcess.run_chunk`; the local supervisor waits on many at once
 and reads their messages itself.
 """
