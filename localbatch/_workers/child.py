@@ -98,7 +98,7 @@ def _serve_loop(conn: Connection, board: Board, cap_fd: int, scratch: str) -> in
         return 0
     inbox = _drain(conn)
     # The baseline every row is restored to: after init, with our own threads running.
-    guard = runtime.guard = RowGuard(scratch, cap_fd)
+    guard = runtime.guard = RowGuard(scratch, cap_fd, vital=(conn.fileno(), cap_fd))
     while True:
         data = inbox.get()
         if data is None:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["RETIRED_EXIT", "WATCH_ROWS", "RowGuard", "descendants", "kill_tree",
+__all__ = ["BROKEN_EXIT", "RETIRED_EXIT", "WATCH_ROWS", "RowGuard", "descendants", "kill_tree",
            "set_child_subreaper", "set_parent_death_signal"]
 
 #: Rows checked one by one after a worker starts or after a change was found
@@ -56,6 +56,9 @@ __all__ = ["RETIRED_EXIT", "WATCH_ROWS", "RowGuard", "descendants", "kill_tree",
 WATCH_ROWS = int(os.environ.get("LOCALBATCH_WATCH_ROWS", "1000"))
 #: Exit status of a worker that retired (see :class:`RowGuard`).
 RETIRED_EXIT = 75
+#: Exit status of a worker whose row closed or replaced one of its own fds (its
+#: connection, its console capture): it dies at once, so the row is charged.
+BROKEN_EXIT = 76
 #: How long a thread a row left gets to finish before the worker retires.
 THREAD_GRACE = 0.2
 
@@ -127,7 +130,7 @@ def _install_audit_hook() -> None:
 class RowGuard:
     """The baseline of a worker after ``init``, and the per-row restore to it."""
 
-    def __init__(self, home: str, cap_fd: int | None) -> None:
+    def __init__(self, home: str, cap_fd: int | None, vital: tuple[int, ...] = ()) -> None:
         _install_audit_hook()
         self.home = home
         self.folder = os.path.join(home, "row")
@@ -147,6 +150,8 @@ class RowGuard:
         # The open files behind fds 0-2, kept open under other numbers to put back.
         self._fds = {fd: os.dup(fd) for fd in (0, 1, 2)}
         self._fd_ids = {fd: _file_id(fd) for fd in (0, 1, 2)}
+        #: The worker's own fds (its connection, the capture file): not to be restored.
+        self._vital = {fd: _file_id(fd) for fd in vital}
         self._children = set(descendants(os.getpid()))
         self._make_folder()
         _FLAGS.dirty = _FLAGS.processes = False
@@ -248,6 +253,11 @@ class RowGuard:
                     signal.signal(sig, handler)
 
     def _restore_fds(self) -> list[str]:
+        for fd, ident in self._vital.items():
+            if _file_id(fd) != ident:
+                # A connection cannot be put back: die now, while the board still
+                # names this row, so the death is charged to it (not to the chunk).
+                os._exit(BROKEN_EXIT)
         found = []
         for fd, saved in self._fds.items():
             if _file_id(fd) != self._fd_ids[fd]:

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 from .._format.chunk import ChunkResult
 from . import zygote
 from .board import BOARD_BYTES, BOARD_HEAD, running_row
-from .isolation import RETIRED_EXIT, kill_tree
+from .isolation import BROKEN_EXIT, RETIRED_EXIT, kill_tree
 from .launch import launch
 from .protocol import (
     ChunkDone,
@@ -148,6 +148,8 @@ def describe_exit(code: int | None) -> str:
         return "worker died (exit status unknown)"
     if code == RETIRED_EXIT:
         return "worker retired: a row left it in a state that cannot be undone"
+    if code == BROKEN_EXIT:
+        return "worker died: the row closed or replaced the worker's own file descriptors"
     if code < 0:
         sig = -code
         try:

@@ -67,6 +67,8 @@ def _harm(mode: str, row: int) -> None:
         out = subprocess.run(["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"],
                              capture_output=True, text=True, check=True).stdout
         _note_pid(int(out.strip()))
+    elif mode == "closerange":  # as daemonising code does: the worker's own fds too
+        os.closerange(3, 4096)
     elif mode == "umask":
         os.umask(0o777)
     elif mode == "cchdir":  # C code: no audit event, no wrapper sees it

@@ -141,6 +141,27 @@ def test_leftover_thread_retires_the_worker_and_charges_no_row(client, store, fa
             time.sleep(0.05)
 
 
+@pytest.mark.parametrize("loop", ["checked", "fast"])
+def test_row_closing_the_workers_own_fds_is_charged_like_a_crash(client, store, fault_log,
+                                                                 monkeypatch, loop):
+    """Its connection cannot be put back: the worker dies at once, the row is charged
+    (and fails after max_attempts), no other row is."""
+    if loop == "fast":
+        monkeypatch.setenv("LOCALBATCH_WATCH_ROWS", "0")
+    monkeypatch.setenv("ISO_MODE", "closerange")
+    monkeypatch.setenv("ISO_ROWS", "3")
+    svc = deploy(client, "iso-closerange", isolation_fns.hazard)
+    resp = svc.batch(frame(300), parallel_count=1).start().wait(timeout=90)
+    assert resp.state == "Complete" and resp.failed_item_count == 1
+    bad = resp.execution(3)
+    assert bad.error.startswith("WorkerDied: worker died: the row closed or replaced")
+    assert bad.attempts == 3
+    records = row_records(store, resp.execution_id)
+    assert {r[2] for i, r in records.items() if i != 3} == {1}
+    wrong = [i for i, r in records.items() if i != 3 and r[0] != expected_console(i)]
+    assert not wrong
+
+
 def test_consume_after_a_retiring_call_gets_a_fresh_worker(client, store, fault_log,
                                                            monkeypatch):
     monkeypatch.setenv("ISO_MODE", "thread")
