@@ -99,17 +99,19 @@ class _Loop:
         self.rets, self.errors, self.started, self.console = rets, errors, started, console
         self.fd_text = fd_text
         self.retire_noted = False
-        self._cap_fd = cap_fd
+        self.cap_fd = cap_fd
         # Moving the offset of an O_APPEND file is harmless: every write goes to its end.
-        self._pos = 0 if cap_fd is None else os.lseek(cap_fd, 0, os.SEEK_END)
+        #: Where the capture file ended after the last row.
+        self.pos = 0 if cap_fd is None else os.lseek(cap_fd, 0, os.SEEK_END)
 
     def fd_output(self, k: int) -> None:
-        if self._cap_fd is None:
+        """What row ``k`` wrote to fd 1 and 2 (read just after it)."""
+        if self.cap_fd is None:
             return
-        end = os.lseek(self._cap_fd, 0, os.SEEK_END)
-        if end != self._pos:
-            self.fd_text[k] = self.fd_text.get(k, "") + _read_fd(self._cap_fd, self._pos, end)
-            self._pos = end
+        end = os.lseek(self.cap_fd, 0, os.SEEK_END)
+        if end != self.pos:
+            self.fd_text[k] = self.fd_text.get(k, "") + _read_fd(self.cap_fd, self.pos, end)
+            self.pos = end
 
     def note(self, k: int, guard: RowGuard) -> None:
         """Tell row ``k``'s console when it made the worker retire (once)."""
@@ -250,6 +252,7 @@ class Runtime:
             return
         flags, console, path = guard.flags, loop.console, guard.path
         active, threads = threading._active, guard.threads  # noqa: SLF001 - a len() per row
+        lseek, cap, end = os.lseek, loop.cap_fd, loop.pos
         for k, args in enumerate(rows):
             started[k] = now()
             try:
@@ -263,7 +266,10 @@ class Runtime:
                 sys.stdout = sys.stderr = console
                 threads = guard.threads
                 guard.enter()
-            loop.fd_output(k)  # after the restore: output of the children it killed too
+            # Inline, not loop.fd_output(): a method call would double this line's cost.
+            if cap is not None and lseek(cap, 0, 2) != end:
+                loop.fd_output(k)  # after the restore: output of the children it killed too
+                end = loop.pos
 
     def _loop_full(self, rows: Any, indices: Sequence[int], loop: _Loop,
                    artifacts: dict[int, Any]) -> None:
