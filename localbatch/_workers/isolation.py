@@ -8,26 +8,29 @@ process once ``init`` has run and puts the process back to it between rows:
 
 - each row starts in an empty working folder of its own (one reused folder,
   emptied or made anew after a row that wrote to it or deleted it);
-- cwd, fds 0-2, signal handlers, interval timers, the umask, ``os.environ`` and
-  ``sys.path`` are restored; child processes a row leaves (in any session or
+- cwd, fds 0-2, signal handlers, interval timers, the umask, ``os.environ``,
+  ``sys.path`` and interpreter settings (recursion limit, switch interval, gc,
+  trace and profile hooks) are restored; child processes a row leaves (in any session or
   process group: the worker is a child subreaper, so orphans come back to it)
   are killed;
 - what cannot be undone (a non-daemon Python thread still running) makes the
   guard ask for *retirement*: the worker sends the chunk's results, says so, and exits
   while idle, so its owner replaces it and no row is charged an attempt.
 
-Cost. A full check takes ~10 us (syscalls), more than a trivial row. So it
-runs per row only while the guard *watches* (the first ``WATCH_ROWS`` rows of a
-worker, after a change was found, or when the service declares artifacts);
-otherwise the fast loop checks per row only what costs nothing: a flag raised
-by a ``sys.addaudithook`` hook when Python code changes directory, writes a
-file, touches the environment or starts a process, and by wrappers of the few
-calls Python does not audit (``signal.signal``, ``signal.alarm``, ``os.close``,
-``os.dup2``, ``os.umask``...), the number of Python threads, ``sys.path`` and
-``sys.stdout`` (~0.1 us in all); a raised flag runs the full check before the
-next row, and the full check runs once per chunk anyway. A change only the full
-check sees (C code calling ``chdir`` or ``dup2``) is undone at the end of that
-chunk, and the guard watches every row again.
+Cost. A full check takes ~15 us a row (syscalls; measured on a loaded 2-core
+machine), 50 times a trivial row. So it runs per row only while the guard
+*watches* (the first ``WATCH_ROWS`` rows of a worker, after a change was found,
+or when the service declares artifacts); otherwise the fast loop checks per row
+only what costs nothing: a flag raised by a ``sys.addaudithook`` hook when
+Python code changes directory, writes a file, touches the environment, starts
+a process or sets a trace hook, and by wrappers of the calls Python does not
+audit (``signal.signal``, ``signal.alarm``, ``os.close``, ``os.dup2``,
+``os.umask``, ``sys.setrecursionlimit``, ``gc.disable``...); the number of
+Python threads, ``sys.path`` and ``sys.stdout`` (~0.1 us in all, ~0.3 us with
+the console's fd read). A raised flag runs the full check before the next row,
+and the full check runs once per chunk anyway. A change only the full check
+sees (C code calling ``chdir`` or ``dup2``) is undone at the end of that chunk,
+and the guard watches every row again.
 
 Also here: the Linux process controls of a worker (``prctl``), and the process
 tree as ``/proc`` shows it, used to kill everything a worker started.
@@ -39,6 +42,7 @@ import _signal
 import contextlib
 import ctypes
 import functools
+import gc
 import os
 import shutil
 import signal
@@ -69,7 +73,8 @@ _EVENTS = frozenset({
     "open", "os.chdir", "os.putenv", "os.unsetenv", "os.mkdir", "os.rmdir", "os.remove",
     "os.rename", "os.symlink", "os.link", "os.truncate", "os.chmod", "shutil.rmtree",
     "shutil.move", "tempfile.mkdtemp", "subprocess.Popen", "os.fork", "os.forkpty",
-    "os.posix_spawn", "os.spawn", "os.system", "os.exec", "os.startfile", "pty.spawn"})
+    "os.posix_spawn", "os.spawn", "os.system", "os.exec", "os.startfile", "pty.spawn",
+    "sys.settrace", "sys.setprofile"})
 _PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn",
                              "os.spawn", "os.system", "pty.spawn"})
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -100,7 +105,9 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 #: Calls Python does not audit that change the process; wrapped in workers to raise the flag.
 _WRAPPED = ((signal, ("signal", "alarm", "setitimer", "siginterrupt", "pthread_sigmask",
                       "set_wakeup_fd")),
-            (os, ("close", "closerange", "dup2", "umask", "setsid", "setpgid", "chroot")))
+            (os, ("close", "closerange", "dup2", "umask", "setsid", "setpgid", "chroot")),
+            (sys, ("setrecursionlimit", "setswitchinterval")), (gc, ("disable",)),
+            (threading, ("settrace", "setprofile")))
 _os_umask = os.umask
 
 
@@ -143,6 +150,7 @@ class RowGuard:
         self._env = dict(os.environ)
         self._env_data = dict(os.environ._data)  # type: ignore[attr-defined]  # noqa: SLF001
         self.path = list(sys.path)
+        self._python = self._interpreter()
         self.threads = len(threading._active)  # noqa: SLF001 - a len(): ~50 ns
         self._thread_ids = set(threading._active)  # noqa: SLF001
         self._handlers = list(map(_signal.getsignal, _SIGNALS))
@@ -227,6 +235,9 @@ class RowGuard:
         if sys.path != self.path:
             sys.path[:] = self.path
             found.append("sys.path")
+        if self._interpreter() != self._python:
+            self._restore_interpreter()
+            found.append("interpreter settings")
         # _signal's getsignal: signal's wrapper makes an enum of each (~0.8 us, not 0.05).
         if list(map(_signal.getsignal, _SIGNALS)) != self._handlers:
             self._restore_signals()
@@ -245,6 +256,22 @@ class RowGuard:
         if len(threading._active) != self.threads:  # noqa: SLF001
             found += self._check_threads()
         return found
+
+    @staticmethod
+    def _interpreter() -> tuple[Any, ...]:
+        """Interpreter-wide settings a row can change with one call."""
+        return (sys.getrecursionlimit(), sys.getswitchinterval(), gc.isenabled(),
+                sys.gettrace(), sys.getprofile(), threading.gettrace(), threading.getprofile())
+
+    def _restore_interpreter(self) -> None:
+        limit, interval, gc_on, trace, profile, thread_trace, thread_profile = self._python
+        sys.setrecursionlimit(limit)
+        sys.setswitchinterval(interval)
+        (gc.enable if gc_on else gc.disable)()
+        sys.settrace(trace)
+        sys.setprofile(profile)
+        threading.settrace(thread_trace)  # type: ignore[arg-type]
+        threading.setprofile(thread_profile)  # type: ignore[arg-type]
 
     def _restore_signals(self) -> None:
         for sig, handler in zip(_SIGNALS, self._handlers, strict=True):
@@ -266,8 +293,11 @@ class RowGuard:
         return found
 
     def _kill_children(self) -> bool:
-        """Kill the processes the row left running (whatever their session)."""
-        extra = [pid for pid in descendants(os.getpid()) if pid not in self._children]
+        """Kill the processes the row left running (whatever their session).
+
+        Processes running since ``init`` (a helper it started) and theirs are kept.
+        """
+        extra = descendants(os.getpid(), keep=self._children)
         if not extra:
             return False
         kill_tree(extra)
@@ -343,10 +373,11 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, parents before their children."""
+def descendants(pid: int, keep: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Every process below ``pid``, parents before their children (not those in
+    ``keep``, nor anything below them)."""
     out: list[int] = []
-    todo = children(pid)
+    todo = [p for p in children(pid) if p not in keep]
     while todo:
         p = todo.pop()
         out.append(p)
