@@ -167,10 +167,20 @@ class Runtime:
         board.begin(chunk_id, len(indices))
         try:
             if self.manifest.get("vectorized"):
-                return self._run_vectorized(indices, columns, board)
+                return self._guarded(lambda: self._run_vectorized(indices, columns, board))
             return self._run_rows(indices, columns, board, cap_fd)
         finally:
             board.end()
+
+    def _guarded(self, run: Callable[[], ChunkResult]) -> ChunkResult:
+        """A chunk called at once (vectorised): in its folder, and checked after."""
+        if self.guard is None:
+            return run()
+        self.guard.enter()
+        try:
+            return run()
+        finally:
+            self.guard.after_chunk()
 
     def _own_board(self) -> Board:
         if self._board is None:

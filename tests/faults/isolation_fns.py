@@ -172,3 +172,16 @@ def bad_str(a, b):
     if int(a) == 5:
         raise Unprintable()
     return a * 2 + b
+
+
+def vector_hazard(a, b):
+    """Vectorised (called with arrays, once per chunk): the first call deletes its cwd and
+    pokes the environment; every call checks that nothing of an earlier call is left."""
+    here = os.getcwd()
+    assert not os.listdir("."), os.listdir(".")
+    assert "ISO_POISON" not in os.environ and "/iso-poison" not in sys.path
+    if list(a)[0] == 0:
+        shutil.rmtree(here)
+        os.environ["ISO_POISON"] = "1"
+        sys.path.insert(0, "/iso-poison")
+    return a * 2 + b

@@ -212,3 +212,12 @@ def _no_leftover_children():
     for child in me.children(recursive=True):
         if "sleep" in " ".join(child.cmdline()):
             pytest.fail(f"left a row's child running: {child.pid} {child.cmdline()}")
+
+
+def test_vectorized_chunk_is_undone_before_the_next_chunk(client, store):
+    svc = (client.service("iso-vector").version("1").code_fn(isolation_fns.vector_hazard)
+           .inputs(a=float, b=float).outputs(y=float).vectorized().deploy())
+    resp = svc.batch(frame(3000), parallel_count=1).start().wait(timeout=60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    assert (resp.to_frame()["y"] == [i * 2.0 + 1 for i in range(3000)]).all()
+    assert len({r[1] for r in row_records(store, resp.execution_id).values()}) == 1
