@@ -13,9 +13,13 @@ process once ``init`` has run and puts the process back to it between rows:
   trace and profile hooks) are restored; child processes a row leaves (in any session or
   process group: the worker is a child subreaper, so orphans come back to it)
   are killed;
-- what cannot be undone (a non-daemon Python thread still running) makes the
-  guard ask for *retirement*: the worker sends the chunk's results, says so, and exits
-  while idle, so its owner replaces it and no row is charged an attempt.
+- what cannot be undone (a non-daemon Python thread still running, changed
+  user or group ids) makes the guard ask for *retirement*: the worker sends
+  the chunk's results, says so, and exits while idle, so its owner replaces it
+  and no row is charged an attempt;
+- a row that leaves the worker unable to check or restore itself (its own fds
+  closed, a failing check) kills the worker at once, so that row is charged as
+  if it had crashed (``BROKEN_EXIT``) and the rest of its chunk runs elsewhere.
 
 Cost. A full check takes ~15 us a row (syscalls; measured on a loaded 2-core
 machine), 50 times a trivial row. So it runs per row only while the guard
@@ -105,7 +109,9 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 #: Calls Python does not audit that change the process; wrapped in workers to raise the flag.
 _WRAPPED = ((signal, ("signal", "alarm", "setitimer", "siginterrupt", "pthread_sigmask",
                       "set_wakeup_fd")),
-            (os, ("close", "closerange", "dup2", "umask", "setsid", "setpgid", "chroot")),
+            (os, ("close", "closerange", "dup2", "umask", "setsid", "setpgid", "chroot", "setuid",
+                  "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid",
+                  "setresgid", "setgroups")),
             (sys, ("setrecursionlimit", "setswitchinterval")), (gc, ("disable",)),
             (threading, ("settrace", "setprofile")))
 _os_umask = os.umask
@@ -155,6 +161,7 @@ class RowGuard:
         self._thread_ids = set(threading._active)  # noqa: SLF001
         self._handlers = list(map(_signal.getsignal, _SIGNALS))
         self._umask = _umask()
+        self._ids = _ids()
         # The open files behind fds 0-2, kept open under other numbers to put back.
         self._fds = {fd: os.dup(fd) for fd in (0, 1, 2)}
         self._fd_ids = {fd: _file_id(fd) for fd in (0, 1, 2)}
@@ -183,10 +190,15 @@ class RowGuard:
         and CPU-time timers whatever the flags say.
         """
         found = []
-        if self._folder_used():
-            self._make_folder(clean=True)
-            found.append("its working folder")
-        found += self._restore_process(chunk or _FLAGS.processes, chunk)
+        try:
+            if self._folder_used():
+                self._make_folder(clean=True)
+                found.append("its working folder")
+            found += self._restore_process(chunk or _FLAGS.processes, chunk)
+        except Exception:  # noqa: BLE001 - whatever it is, the worker cannot go on
+            # The row left the worker in a state we cannot even inspect: die now,
+            # while the board still names the row, so the death is charged to it.
+            os._exit(BROKEN_EXIT)
         _FLAGS.dirty = _FLAGS.processes = False
         if found:
             self.watch = WATCH_ROWS
@@ -251,6 +263,9 @@ class RowGuard:
             _os_umask(self._umask)
             found.append("the umask")
         found += self._restore_fds()
+        if _ids() != self._ids:
+            self.retire = self.retire or "a row changed the worker's user or group ids"
+            found.append("user or group ids")
         if processes and self._kill_children():
             found.append("child processes")
         if len(threading._active) != self.threads:  # noqa: SLF001
@@ -332,6 +347,10 @@ def _file_id(fd: int) -> tuple[int, int] | None:
     except OSError:
         return None  # closed
     return st.st_dev, st.st_ino
+
+
+def _ids() -> tuple[Any, ...]:
+    return os.getresuid(), os.getresgid(), os.getgroups()
 
 
 def _umask() -> int:

@@ -71,6 +71,10 @@ def _harm(mode: str, row: int) -> None:
         os.closerange(3, 4096)
     elif mode == "umask":
         os.umask(0o777)
+    elif mode == "setuid":  # cannot be undone: the worker retires
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
     elif mode == "interpreter":
         import gc
 

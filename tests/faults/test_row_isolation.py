@@ -167,6 +167,18 @@ def test_row_closing_the_workers_own_fds_is_charged_like_a_crash(client, store, 
     assert not wrong
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change user")
+def test_row_changing_the_workers_user_retires_it(client, store, fault_log, monkeypatch):
+    svc, resp = run_hazard(client, store, monkeypatch, "setuid", 300, [3])
+    records = row_records(store, resp.execution_id)
+    failed = {i: resp.execution(i).error for i, r in records.items() if r[3] is not None}
+    later = min(i for i in records if records[i][1] != records[3][1])
+    # The rest of row 3's chunk ran as the new user (it may fail writing); after it, none.
+    assert all(i < later for i in failed), failed
+    assert resp.state == "Complete" and {r[2] for r in records.values()} == {1}
+    assert "changed the worker's user or group ids" in resp.execution(3).console_output
+
+
 def test_consume_after_a_retiring_call_gets_a_fresh_worker(client, store, fault_log,
                                                            monkeypatch):
     monkeypatch.setenv("ISO_MODE", "thread")
