@@ -149,7 +149,8 @@ def describe_exit(code: int | None) -> str:
     if code == RETIRED_EXIT:
         return "worker retired: a row left it in a state that cannot be undone"
     if code == BROKEN_EXIT:
-        return "worker died: the row closed or replaced the worker's own file descriptors"
+        return ("worker died: the row left it unable to restore itself (its own file "
+                "descriptors or folders closed, replaced or out of reach)")
     if code < 0:
         sig = -code
         try:
