@@ -7,6 +7,7 @@ process engine, the inline engine and the Dask engine implement it.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -112,12 +113,20 @@ class Runs:
     """The runs this process started (any engine), by execution id.
 
     A finished run stays listed, so a late ``wait()`` returns at once; ``live()``
-    are the ones still working.
+    are the ones still working. A ``fork()``ed child starts with none: the
+    parent's runs are threads the child does not have (their handles would never
+    be done, and a ``wait()`` on them would never return), so the child sees
+    those executions through the store, as any other process does.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, RunHandle] = {}
+
+    def forget(self) -> None:
+        """Drop every run, and a lock another thread may have held at the fork."""
+        self._lock = threading.Lock()
+        self._runs = {}
 
     def add(self, handle: RunHandle) -> None:
         with self._lock:
@@ -138,6 +147,7 @@ class Runs:
 
 #: The runs of this process.
 RUNS = Runs()
+os.register_at_fork(after_in_child=RUNS.forget)
 
 
 class Engine(ABC):

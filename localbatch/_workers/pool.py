@@ -134,3 +134,16 @@ def _close_all() -> None:
     WORKER_POOL.shut_down()
     zygote.close()
     remove_scratch()
+
+
+def _forget_in_child() -> None:
+    # A fork()ed child of the owner does not own its parent's workers: its exit must
+    # not stop them (its copies of their sockets are just closed).
+    for workers in WORKER_POOL._idle.values():  # noqa: SLF001
+        for w in workers:
+            if w.conn is not None:
+                w.conn.close()
+    WORKER_POOL.__init__()  # type: ignore[misc]
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -9,8 +9,12 @@ caller's ``__main__`` (so a guard-less script works):
 
 A :class:`WorkerProcess` holds the worker's connection and its board (a mapped
 file in a scratch folder, in ``/dev/shm`` where there is one), so the owner
-can read the running row at any time. Owners that wait on one worker at a time
-(``consume``, a Dask task) use :meth:`~WorkerProcess.await_ready` and
+can read the running row at any time. Its pid is the worker's *keeper* (see
+:mod:`.keeper`): killing it kills the worker and everything the rows started,
+and its exit status is the worker's. Workers are started from a thread that
+lives as long as this process (:func:`on_launcher`), because the kernel's
+parent-death signal follows the thread that started a process. Owners that
+wait on one worker at a time (``consume``, a Dask task) use :meth:`~WorkerProcess.await_ready` and
 :meth:`~WorkerProcess.run_chunk`; the local supervisor waits on many at once
 and reads their messages itself.
 """
@@ -20,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -34,11 +41,23 @@ from typing import Any, NamedTuple
 from .._format.chunk import ChunkResult
 from . import zygote
 from .board import BOARD_BYTES, BOARD_HEAD, running_row
+from .isolation import BROKEN_EXIT, RETIRED_EXIT, kill_tree
 from .launch import launch
-from .protocol import ChunkDone, InitError, Load, Message, Ready, RunChunk, Stop, recv, send
+from .protocol import (
+    ChunkDone,
+    InitError,
+    Load,
+    Message,
+    Ready,
+    Retiring,
+    RunChunk,
+    Stop,
+    recv,
+    send,
+)
 
-__all__ = ["START_METHODS", "WorkerLost", "WorkerProcess", "describe_exit", "pid_alive",
-           "remove_scratch"]
+__all__ = ["START_METHODS", "WorkerLost", "WorkerProcess", "describe_exit", "on_launcher",
+           "pid_alive", "remove_scratch"]
 
 START_METHODS = ("spawn", "forkserver")
 #: How often a wait for one worker checks for a cancel or a row timeout.
@@ -62,10 +81,76 @@ def remove_scratch() -> None:
         shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
+class _Launcher:
+    """One thread that starts every worker of this process and lives as long as it.
+
+    A worker asks the kernel for a signal when its parent dies
+    (``PR_SET_PDEATHSIG``), and for the kernel the parent is the *thread* that
+    started it: a worker started by a batch's supervisor thread would be killed
+    when that batch ends, warm or not. So workers (and the fork server) are
+    started from the main thread or from this one, which never ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = \
+            queue.SimpleQueue()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        current = threading.current_thread()
+        if current is threading.main_thread() or current is self._thread:
+            return fn()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name="localbatch-launcher")
+                self._thread.start()
+        done: Future[Any] = Future()
+        self._requests.put((fn, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._requests.get()
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # noqa: B036 - handed to the caller as is
+                done.set_exception(exc)
+
+    def forget(self) -> None:
+        """In a fork()ed child: the thread was not copied, nor is the lock's state."""
+        self.__init__()  # type: ignore[misc]
+
+
+_LAUNCHER = _Launcher()
+
+
+def on_launcher(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` (which starts a process) from a thread that lives as long as this process."""
+    return _LAUNCHER.call(fn)
+
+
+def _after_fork_in_child() -> None:
+    # A fork()ed child of the owner starts its own workers and boards, if any: the
+    # parent's boards folder, launcher thread and lock are not its own.
+    global _SCRATCH
+    _SCRATCH = None
+    _LAUNCHER.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def describe_exit(code: int | None) -> str:
     """What ended a worker, from its exit code (negative: the signal that killed it)."""
     if code is None:
         return "worker died (exit status unknown)"
+    if code == RETIRED_EXIT:
+        return "worker retired: a row left it in a state that cannot be undone"
+    if code == BROKEN_EXIT:
+        return ("worker died: the row left it unable to restore itself (its own file "
+                "descriptors or folders closed, replaced or out of reach)")
     if code < 0:
         sig = -code
         try:
@@ -104,6 +189,9 @@ class WorkerProcess:
     leases: int = 0
     exitcode: int | None = None
     dead: bool = False
+    #: Why it exits after its current results (see :mod:`.isolation`): never reused.
+    retiring: str | None = None
+    _closed_by_worker: bool = False
     _board_path: str = ""
     _board: Any = None
     #: Row indices of each chunk sent and not yet answered, by chunk id.
@@ -120,12 +208,7 @@ class WorkerProcess:
             self._board = mmap.mmap(fh.fileno(), BOARD_BYTES)
         parent, child = socket.socketpair()
         try:
-            if self.start_method == "forkserver":
-                self.pid = zygote.client().fork(child.fileno(), self._board_path)
-            else:
-                self.proc = launch("localbatch._workers.child", child.fileno(),
-                                   ["--board", self._board_path, "--owner", str(os.getpid())])
-                self.pid = self.proc.pid
+            on_launcher(lambda: self._launch(child.fileno()))
         finally:
             child.close()
         self.conn = Connection(parent.detach())
@@ -133,6 +216,14 @@ class WorkerProcess:
             self.send(Load("load", load, limits))
         except OSError:
             pass  # it died already: the supervisor sees the closed connection next poll
+
+    def _launch(self, fd: int) -> None:
+        if self.start_method == "forkserver":
+            self.pid = zygote.client().fork(fd, self._board_path)
+        else:
+            self.proc = launch("localbatch._workers.child", fd,
+                               ["--board", self._board_path, "--owner", str(os.getpid())])
+            self.pid = self.proc.pid
 
     # messages ------------------------------------------------------------------------
 
@@ -145,11 +236,17 @@ class WorkerProcess:
     def recv(self) -> Message:
         """The next message (``Ready`` marks it ready); EOFError/OSError: it is gone."""
         assert self.conn is not None
-        msg = recv(self.conn)
+        try:
+            msg = recv(self.conn)
+        except (EOFError, OSError):
+            self._closed_by_worker = True
+            raise
         if isinstance(msg, ChunkDone):
             self._sent.pop(msg.chunk_id, None)
         elif isinstance(msg, Ready):
             self.ready = True
+        elif isinstance(msg, Retiring):
+            self.retiring = msg.reason
         return msg
 
     def current_row(self) -> tuple[int, float] | None:
@@ -229,20 +326,44 @@ class WorkerProcess:
     # ending ----------------------------------------------------------------------------
 
     def signal_kill(self) -> None:
-        """SIGKILL the worker and every process it started (its own process group).
+        """SIGKILL the worker and every process it started, in any session.
 
-        No waiting: safe on an event loop (a Dask worker's); :meth:`kill` also reaps.
+        Its whole tree as ``/proc`` shows it (a row's child in a session of its
+        own is not in the worker's process group), each stopped first so nothing
+        forks away while we walk (~1 ms); then its process group. No waiting:
+        safe on an event loop (a Dask worker's); :meth:`kill` also reaps.
         """
         if self.pid and not self.dead:
+            kill_tree([self.pid])
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
 
     def kill(self) -> None:
-        """SIGKILL the worker and its process group, then reap it."""
+        """SIGKILL the worker and everything it started, then reap it.
+
+        A worker that closed its connection (or said it retires) is exiting by
+        itself: it gets a moment to (its keeper ends what it started first, ~1 ms),
+        so its exit reads as what it was (a crash, a retirement), not as our kill.
+        """
+        ending = self.retiring is not None or self._closed_by_worker
+        if ending and not self.dead and self._exited(0.5):
+            return
         self.signal_kill()
         self.reap(timeout=5)
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether it ended by itself within ``timeout`` (then it is marked dead)."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+            code = self.proc.returncode
+        else:
+            code = zygote.exit_code(self.pid, timeout)
+        if code is None:
+            return False
+        self.dead, self.exitcode = True, code
+        self.close()
+        return True
 
     def reap(self, timeout: float = 0.5) -> int | None:
         """Mark dead and collect the exit status where this process can see it."""
@@ -281,7 +402,8 @@ class WorkerProcess:
         self.kill()
 
     def alive(self) -> bool:
-        return pid_alive(self.pid, self.proc)
+        """Running and reusable (a retiring worker is on its way out)."""
+        return self.retiring is None and pid_alive(self.pid, self.proc)
 
 
 def _deadline(timeout: float | None) -> float | None:

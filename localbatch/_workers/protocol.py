@@ -7,6 +7,8 @@
                       | InitError("init_error", pid, error, init_console)
     parent → worker   RunChunk("chunk", chunk_id, indices, columns)     (any number, pipelined)
     worker → parent   ChunkDone("result", chunk_id, result)              (one per chunk, in order)
+                      preceded by Retiring("retiring", pid, reason) when a row left the
+                      worker unrestorable: it exits after that result, while idle
     parent → worker   Stop("stop",)
 
 Each message is a NamedTuple whose first field is its tag, so it also reads as
@@ -34,6 +36,7 @@ __all__ = [
     "Load",
     "Message",
     "Ready",
+    "Retiring",
     "RunChunk",
     "Stop",
     "decode",
@@ -91,17 +94,29 @@ class ChunkDone(NamedTuple):
     result: ChunkResult
 
 
+class Retiring(NamedTuple):
+    """The next result is this worker's last: it exits while idle (no row is charged).
+
+    Sent before that result, so an owner holding the result already knows.
+    """
+
+    tag: Literal["retiring"]
+    pid: int
+    reason: str
+
+
 class Stop(NamedTuple):
     """Exit (an idle worker the pool no longer keeps)."""
 
     tag: Literal["stop"]
 
 
-Message = Load | Ready | InitError | RunChunk | ChunkDone | Stop
+Message = Load | Ready | InitError | RunChunk | ChunkDone | Retiring | Stop
 
 
 _BY_TAG: dict[str, Any] = {"load": Load, "ready": Ready, "init_error": InitError,
-                           "chunk": RunChunk, "result": ChunkDone, "stop": Stop}
+                           "chunk": RunChunk, "result": ChunkDone, "retiring": Retiring,
+                           "stop": Stop}
 
 
 def send(conn: Connection, msg: Message) -> None:
@@ -119,10 +134,25 @@ def recv(conn: Connection) -> Message:
 
 
 def row_error(exc: BaseException) -> RowError:
-    """An exception as it crosses the wire: its type name, message and traceback text."""
+    """An exception as it crosses the wire: its type name, message and traceback text.
+
+    Never raises: an exception whose ``__str__`` (or anything in its traceback)
+    raises still becomes its row's error, not its chunk's.
+    """
     tb = exc.__traceback__
     # Drop the frames of localbatch itself: users want their own code's stack.
     while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("localbatch"):
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return type(exc).__name__, str(exc), text
+    name = _safe(lambda: type(exc).__name__, "BaseException")
+    message = _safe(lambda: str(exc), f"<{name}: str() raised>")
+    text = _safe(lambda: "".join(traceback.format_exception(type(exc), exc, tb)),
+                 f"{name}: {message}\n")
+    return name, message, text
+
+
+def _safe(fn: Any, fallback: str) -> str:
+    try:
+        value = fn()
+        return value if isinstance(value, str) else fallback
+    except BaseException:  # noqa: B036 - a user's __str__ may raise anything
+        return fallback

@@ -233,3 +233,15 @@ def close() -> None:
     """Stop the fork server (at exit)."""
     if _CLIENT is not None:
         _CLIENT.close()
+
+
+def _forget_in_child() -> None:
+    # A fork()ed child of the owner must not shut its parent's fork server down at
+    # exit (shutdown() acts on the shared socket): it closes its copy, starts its own.
+    global _CLIENT, _CLIENT_LOCK
+    if _CLIENT is not None:
+        _CLIENT.sock.close()
+    _CLIENT, _CLIENT_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
