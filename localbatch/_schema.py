@@ -36,6 +36,7 @@ __all__ = [
     "check_input_name",
     "encoding_of",
     "normalize_records",
+    "shown",
 ]
 
 
@@ -173,15 +174,24 @@ def _is_missing(value: Any) -> bool:
     return type(value).__name__ in ("NAType", "NaTType")
 
 
+def shown(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters, whatever the value's ``__repr__`` does."""
+    try:
+        text = repr(value)
+        if not isinstance(text, str):
+            raise TypeError("__repr__ returned a non-string")
+    except Exception:  # noqa: BLE001 - a user object whose __repr__ raises
+        return f"<{type(value).__name__} object (repr failed)>"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _fail(enc: EncodingType, name: str, value: Any, why: str = "") -> SchemaError:
     what = _TO_PYTHON[enc]
     extra = f" ({why})" if why else ""
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
     # `name` may carry its role ("output 'answer'"); a bare name is an input.
     label = name if " " in name else f"input {name!r}"
     return SchemaError(
-        f"Invalid {label}: {shown} of type {type(value).__name__} cannot be "
+        f"Invalid {label}: {shown(value)} of type {type(value).__name__} cannot be "
         f"cast losslessly to {what}{extra}"
     )
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from localbatch._errors import SchemaError
 from localbatch._format.columns import (
     Column,
     concat_columns,
@@ -108,17 +109,18 @@ def test_frames_with_different_column_sets_and_none():
 
 
 def test_frame_object_columns_of_numbers_stay_numbers():
-    df = pd.DataFrame({"n": pd.Series([1, None, 3], dtype=object),
-                       "m": pd.Series(["a", 1, None], dtype=object)})
+    df = pd.DataFrame({"n": pd.Series([1, None, 3], dtype=object)})
     [out] = _through_file("frame", [df])
     assert out["n"].tolist() == [1, None, 3]
-    assert out["m"].tolist() == ["a", "1", None]  # mixed objects: stored as text
+    mixed = pd.DataFrame({"m": pd.Series(["a", 1, None], dtype=object)})
+    with pytest.raises(SchemaError, match="column 'm'.*mixed types"):  # never silently text
+        _through_file("frame", [mixed])
 
 
 def test_frame_duplicate_and_non_string_column_names():
     df = pd.DataFrame([[1, 2.5, "a"]], columns=["x", "x", 0])
     [out] = _through_file("frame", [df])
-    assert list(out.columns) == ["x", "x", "0"]
+    assert list(out.columns) == ["x", "x", 0]  # labels keep their type
     assert out.iloc[0].tolist() == [1, 2.5, "a"]
 
 

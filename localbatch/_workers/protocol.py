@@ -125,4 +125,8 @@ def row_error(exc: BaseException) -> RowError:
     while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("localbatch"):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return type(exc).__name__, str(exc), text
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a user exception whose __str__ raises: its row's error
+        message = "<exception str() failed>"
+    return type(exc).__name__, message, text
