@@ -35,6 +35,7 @@ __all__ = [
     "check_columns",
     "check_input_name",
     "encoding_of",
+    "frame_wire",
     "normalize_records",
     "shown",
 ]
@@ -130,8 +131,21 @@ def _to_wire(enc: EncodingType, value: Any) -> Any:
     if enc in (EncodingType.vector, EncodingType.matrix):
         return np.asarray(value).tolist()
     if enc is EncodingType.dataframe:
-        return {str(c): value[c].tolist() for c in value.columns}
+        return frame_wire(value)
     return value
+
+
+def frame_wire(frame: Any) -> dict[str, list[Any]]:
+    """A DataFrame as the SDK's JSON ``{column: values}``, by position: a duplicated
+    name's second column is ``<name>.1`` (``frame[name]`` would be a frame there)."""
+    out: dict[str, list[Any]] = {}
+    for j, label in enumerate(frame.columns):
+        key, n = str(label), 0
+        while key in out:
+            n += 1
+            key = f"{label}.{n}"
+        out[key] = frame.iloc[:, j].tolist()
+    return out
 
 
 def _coerce(value: Any) -> EncodingType | None:

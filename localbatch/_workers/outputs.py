@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import SchemaError
 from .._format.chunk import RowError
 from .._format.columns import Column, encode_column, kind_for_encoding, value_sizes
 from .._schema import EncodingType, cast_value, shown
@@ -127,6 +128,8 @@ def _reason(exc: BaseException, name: str, value: Any) -> str:
     label = f"output {name!r}"
     if label in text:
         return text
+    if isinstance(exc, SchemaError):  # the codec's own message names the column and value
+        return f"{label}, {text}"
     return f"{label}: cannot store {shown(value)} of type {type(value).__name__}: {text}"
 
 
