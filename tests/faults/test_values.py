@@ -106,3 +106,130 @@ def test_batch_and_consume_give_frames_back_exactly(client, frame):
     assert isinstance(row.raw_outputs["df"], dict)
     pd.testing.assert_frame_equal(svc.echo_frame(0.0).outputs["df"], frame, check_exact=True)
     assert len(resp.to_frame()) == 1
+
+
+# -- CSV input: the DataFrame path's lossless rules, lines named right -----------------
+
+def _inputs(**types):
+    from localbatch._schema import EncodingType
+
+    return [(name, EncodingType.from_python(t)) for name, t in types.items()]
+
+
+def _spool_csv(tmp_path, text, name="in.csv", **types):
+    """The values a CSV's records spool to (decoded from the input parts)."""
+    from localbatch._format.columns import decode_all
+    from localbatch._format.part import Part
+    from localbatch._store.spool import CsvSource, spool_csv
+
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    folder = tmp_path / "spool"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    spool_csv(CsvSource(path, _inputs(**types)), folder)
+    parts = [Part(p.read_bytes()) for p in sorted(folder.iterdir())]
+    return {n: [v for p in parts for v in decode_all(p.column(f"in.{n}"))] for n in types}
+
+
+@pytest.mark.parametrize("text, error", [
+    ("x\n9007199254740993\n", r"line 2: column 'x' value '9007199254740993' is not exactly"),
+    ("x\n1\n1e400\n", r"line 3: column 'x' value '1e400' is not exactly"),
+    ("x\n1e-400\n", r"line 2: .* is not exactly a float"),
+    ("x\n0.1000000000000000055511151231257827\n", r"line 2: .*not exactly"),
+    ("x\n1_000\n", r"line 2: .*not a valid float"),
+])
+def test_csv_floats_are_refused_where_the_dataframe_path_refuses_them(tmp_path, text, error):
+    from localbatch import InputFileError, SchemaError
+    from localbatch._schema import normalize_records
+
+    with pytest.raises(InputFileError, match=error):
+        _spool_csv(tmp_path, text, x=float)
+    value = text.splitlines()[-1]
+    if value.isdigit():  # the same integer in a DataFrame is refused too
+        with pytest.raises(SchemaError, match="not exactly representable"):
+            normalize_records(pd.DataFrame({"x": [int(value)]}), _inputs(x=float))
+
+
+def test_csv_numbers_that_are_exact_are_kept(tmp_path):
+    text = ("x,n\n0.1,007\n9007199254740992,9007199254740993\n1e+16,-9223372036854775808\n"
+            "-0.0,2.0\nnan,\ninf, 3 \n 2.5 ,nan\n")
+    out = _spool_csv(tmp_path, text, x=float, n=int)
+    assert out["x"][:4] == [0.1, 9007199254740992.0, 1e16, 0.0]
+    assert np.signbit(out["x"][3]) and np.isnan(out["x"][4])
+    assert out["x"][5:] == [float("inf"), 2.5]
+    assert out["n"] == [7, 9007199254740993, -(2**63), 2, None, 3, None]
+    # an int column keeps what a float column may not
+    from localbatch import InputFileError
+
+    with pytest.raises(InputFileError, match="beyond the 64-bit"):
+        _spool_csv(tmp_path, "n\n9223372036854775808\n", n=int)
+
+
+@pytest.mark.parametrize("text, line, what", [
+    ("a,b\n1,2\n3,4,5\n6,7\n", 3, "3 field"),
+    ("a,b\n1,2\n3\n", 3, "1 field"),
+    ('a,b\n"x\ny\nz",2\n3,4,5\n', 5, "3 field"),  # after a quoted field of three lines
+    ('a,b\n"x\r\ny",1\n2,3\n4\n', 5, "1 field"),
+])
+def test_a_ragged_csv_line_is_an_error_naming_its_line(tmp_path, text, line, what):
+    from localbatch import InputFileError
+
+    with pytest.raises(InputFileError, match=rf"line {line}: {what}"):
+        _spool_csv(tmp_path, text, a=str, b=str)
+
+
+def test_cast_errors_name_the_line_after_quoted_newlines_and_blank_lines(tmp_path):
+    from localbatch import InputFileError
+
+    text = 'a,b\n"multi\nline",1\n\n"x",2\n"y\n\nz",3\n"w",oops\n'
+    with pytest.raises(InputFileError, match=r"line 9: column 'b' value 'oops'"):
+        _spool_csv(tmp_path, text, a=str, b=int)
+    out = _spool_csv(tmp_path, text.replace("oops", "4"), a=str, b=int)
+    assert out == {"a": ["multi\nline", "x", "y\n\nz", "w"], "b": [1, 2, 3, 4]}
+
+
+def test_a_utf8_bom_is_skipped(tmp_path):
+    out = _spool_csv(tmp_path, "\ufeffa,b\n1,x\n".encode(), a=int, b=str)
+    assert out == {"a": [1], "b": ["x"]}
+
+
+@pytest.mark.parametrize("content, name, hint", [
+    ("a;b\n1;2\n", "in.csv", r"header of in.csv is \['a;b'\]; the whole header is one field "
+                             r"containing ';': is the file separated by semicolons"),
+    ("a\tb\n1\t2\n", "in.csv", "containing '\\\\t': is the file separated by tabs"),
+    ("a,b\n1,2\n", "in.tsv", "containing ',': is the file separated by commas"),
+    ("\ufeff\ufeffa,b\n1,2\n", "in.csv", "byte order mark"),
+    ("a , b\n1,2\n", "in.csv", "spaces around them"),
+])
+def test_a_header_that_does_not_match_shows_itself_and_hints(tmp_path, content, name, hint):
+    from localbatch import InputFileError, SchemaError
+
+    with pytest.raises(InputFileError, match="missing input column") as info:
+        _spool_csv(tmp_path, content, name=name, a=int, b=int)
+    assert isinstance(info.value, SchemaError)
+    import re
+
+    assert re.search(hint, str(info.value)), str(info.value)
+
+
+def test_a_utf16_file_is_refused_with_a_hint(tmp_path):
+    from localbatch import InputFileError
+
+    with pytest.raises(InputFileError, match="UTF-16 byte order mark"):
+        _spool_csv(tmp_path, "a,b\n1,2\n".encode("utf-16"), a=int, b=int)
+
+
+def test_a_csv_batch_refuses_an_inexact_float_before_anything_runs(client, store, tmp_path):
+    from localbatch import InputFileError
+
+    svc = (client.service("f").version("1").code_fn(lambda x: x).inputs(x=float)
+           .outputs(y=float).deploy())
+    path = tmp_path / "x.csv"
+    path.write_text("x\n1.5\n9007199254740993\n")
+    with pytest.raises(InputFileError, match="line 3"):
+        svc.batch(str(path)).start()
+    path.write_text("\ufeffx\n1.5\n9007199254740992\n")
+    resp = svc.batch(str(path), parallel_count=1).start().wait(timeout=60)
+    assert resp.to_frame()["y"].tolist() == [1.5, 9007199254740992.0]
