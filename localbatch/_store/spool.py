@@ -51,11 +51,26 @@ def _label_column(labels: Sequence[Any]) -> Column:
     # Timestamps, MultiIndex tuples, mixed: one frame value holding the whole chunk's
     # labels, so their types survive (a frame column keeps dtypes).
     if all(isinstance(v, tuple) for v in labels):
-        table = pd.DataFrame([list(v) for v in labels])
-        table.columns = [f"level_{k}" for k in range(table.shape[1])]
+        levels = list(zip(*labels, strict=True))
+        table = pd.DataFrame({f"level_{k}": _typed(level) for k, level in enumerate(levels)})
     else:
-        table = pd.DataFrame({"label": pd.Series(list(labels), dtype=object).infer_objects()})
-    return encode_column("frame", [table])
+        table = pd.DataFrame({"label": _typed(labels)})
+    try:
+        return encode_column("frame", [table])
+    except SchemaError:  # periods, intervals...: text
+        return encode_column("frame", [table.astype(object).map(
+            lambda v: None if v is None else str(v))])
+
+
+def _typed(labels: Sequence[Any]) -> Any:
+    """Labels as a Series of their common type; labels of mixed types (or of a type the
+    codec does not store) identify their rows as text."""
+    import pandas as pd
+
+    series = pd.Series(list(labels), dtype=object).infer_objects()
+    if series.dtype == object and not all(v is None or isinstance(v, str) for v in series):
+        series = series.map(lambda v: None if v is None else str(v))
+    return series
 
 
 def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
