@@ -32,6 +32,7 @@ __all__ = [
     "InputTable",
     "cast_column",
     "cast_value",
+    "check_artifact_name",
     "check_columns",
     "check_input_name",
     "encoding_of",
@@ -174,6 +175,39 @@ def check_input_name(name: str) -> None:
         raise InvalidServiceError(
             f"input/output name {name!r} must be a Python identifier and not a keyword"
         )
+
+
+#: The longest file name the file systems localbatch runs on allow, in bytes.
+NAME_MAX = 255
+
+
+def check_artifact_name(name: Any) -> str:
+    """An artifact name must name one file of the row's working folder on every file
+    system: a non-empty str, not ``.``/``..``, without ``/``, ``\\`` or NUL, and at
+    most 255 bytes in UTF-8 (bytes, not characters: 100 CJK characters are 300)."""
+    why = ""
+    if not isinstance(name, str):
+        why = f"is a {type(name).__name__}, not a str"
+    elif not name:
+        why = "is empty"
+    elif name in (".", ".."):
+        why = "names a folder, not a file"
+    elif "/" in name or "\\" in name:
+        why = "has a path separator: artifacts are files of the row's working folder itself"
+    elif "\0" in name:
+        why = "has a NUL character"
+    else:
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            why = "is not valid Unicode text (it holds a lone surrogate)"
+        else:
+            if size > NAME_MAX:
+                why = f"is {size} bytes long in UTF-8, and a file name has at most {NAME_MAX}"
+    if why:
+        raise InvalidServiceError(f"artifact name {shown(name)} {why}: an artifact must be a "
+                                  "plain file name")
+    return name
 
 
 # -- casting one value ------------------------------------------------------

@@ -233,3 +233,43 @@ def test_a_csv_batch_refuses_an_inexact_float_before_anything_runs(client, store
     path.write_text("\ufeffx\n1.5\n9007199254740992\n")
     resp = svc.batch(str(path), parallel_count=1).start().wait(timeout=60)
     assert resp.to_frame()["y"].tolist() == [1.5, 9007199254740992.0]
+
+
+# -- names that cannot be files are refused at deploy -------------------------------
+
+@pytest.mark.parametrize("name, why", [
+    ("é" * 128, "256 bytes long in UTF-8"),  # 128 characters, 256 bytes
+    ("x" * 256, "256 bytes long"),
+    ("日本" * 43, "258 bytes long"),
+    ("a\0b", "NUL"),
+    ("a/b", "path separator"),
+    ("a\\b", "path separator"),
+    (".", "folder"),
+    ("..", "folder"),
+    ("", "empty"),
+    ("\udc80.txt", "lone surrogate"),
+    (3, "not a str"),
+])
+def test_artifact_names_that_cannot_be_files_are_refused_at_deploy(client, store, name, why):
+    from localbatch import InvalidServiceError
+
+    definition = (client.service("arts").version("1").code_fn(value_fns.echo_value)
+                  .inputs(a=float).outputs(y=float).artifacts([name]))
+    with pytest.raises(InvalidServiceError, match=f"artifact name .*{why}"):
+        definition.deploy()
+    assert not (store / "services").exists() or not client.list_services()
+
+
+def test_the_longest_artifact_name_is_written_and_read_back(client):
+    name = "é" * 127 + "x"  # 255 bytes: the longest a file system allows
+
+    def write(a):
+        with open(name, "w") as fh:
+            fh.write(str(a))
+        return a
+
+    svc = (client.service("longname").version("1").code_fn(write).inputs(a=float)
+           .outputs(y=float).artifacts([name]).deploy())
+    batch = svc.batch({"a": [1.5]}).start()
+    batch.wait(timeout=60)
+    assert batch.artifact(0, name) == b"1.5"
