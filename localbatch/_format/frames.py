@@ -202,14 +202,25 @@ def _encode_run(frames: list[Any]) -> tuple[int, list[tuple[str, Sub]], dict[str
         long = pd.concat(frames, ignore_index=_default_index(first.index))
     else:
         long = first
-    named = [(str(label), encode_series(long.iloc[:, j], f"column {label!r}"))
+    dtypes = list(_dtypes(first))
+    named = [(str(label), encode_series(_as(long.iloc[:, j], dtypes[j]), f"column {label!r}"))
              for j, label in enumerate(labels)]
     if layout is not None and "index_names" in layout and "range" not in layout:
-        index = long.index
-        for k in range(index.nlevels):
-            level = pd.Series(index.get_level_values(k), copy=False)
-            named.append((f"{INDEX_PREFIX}{k}", encode_series(level, f"index level {k}")))
+        for k in range(first.index.nlevels):
+            dtype = first.index.get_level_values(k).dtype
+            # Concatenated as Series of the run's dtype: pandas may infer another for a
+            # concatenated Index (object labels of str become its str dtype).
+            level = pd.concat([pd.Series(f.index.get_level_values(k), dtype=dtype)
+                               for f in frames], ignore_index=True) if len(frames) > 1 \
+                else pd.Series(first.index.get_level_values(k), copy=False)
+            named.append((f"{INDEX_PREFIX}{k}", encode_series(level.astype(dtype),
+                                                              f"index level {k}")))
     return len(long), named, layout
+
+
+def _as(series: Any, dtype: Any) -> Any:
+    """A concatenated column in its frames' own dtype (concat may infer another)."""
+    return series if series.dtype == dtype else series.astype(dtype)
 
 
 def _signature(df: Any) -> tuple[Any, ...]:
@@ -409,9 +420,11 @@ def _index(layout: dict[str, Any], levels: list[Any], n: int) -> Any:
     if "range" in layout:
         first, step = layout["range"]
         return pd.RangeIndex(first, first + step * n, step, name=names[0])
+    # dtype= : an object level of str must not come back as pandas' str dtype.
     if layout.get("multi"):
-        return pd.MultiIndex.from_arrays([pd.Index(s) for s in levels], names=names)
-    index = pd.Index(levels[0], name=names[0])
+        return pd.MultiIndex.from_arrays([pd.Index(s, dtype=s.dtype) for s in levels],
+                                         names=names)
+    index = pd.Index(levels[0], name=names[0], dtype=levels[0].dtype)
     if "freq" in layout:
         index = type(index)(index, freq=layout["freq"], name=names[0])
     return index
