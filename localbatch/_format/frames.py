@@ -2,12 +2,19 @@
 
 Every DataFrame of a column is stacked into one long table (value *i* owns
 ``nrows[i]`` consecutive rows of it; ``nrows`` is -1 for None), stored as the
-union of their columns. Each of those is a sub-column of a plain kind (``float``,
-``int``, ``bool``, ``str``; plus ``datetime``, int64 nanoseconds, UTC for
-tz-aware columns) whose buffers are named ``c<k>.<buffer>``. The metadata
-lists each sub-column as ``[name, kind, dtype name]`` (the dtype is restored on
-decoding where pandas can) and the distinct sets of sub-columns values really
-had (``colsets``); the ``colset`` buffer says which set each value had.
+union of their columns. Each of those is a sub-column (``series.py``: a kind,
+a dtype token that restores the dtype exactly, and buffers named
+``c<k>.<buffer>``). The metadata lists each sub-column as ``[name, kind, dtype
+token]`` and the distinct sets of sub-columns values really had (``colsets``);
+the ``colset`` buffer says which set each value had.
+
+What a frame has beyond str column labels and a default ``RangeIndex`` is its
+colset's *layout* (``layouts``, parallel to ``colsets``, absent when no value
+needs one): the column labels as JSON keeps them (int, float, bool, None), the
+columns' name, and the index — a ``RangeIndex``'s start and step, or index levels
+stored as sub-columns named ``\x00i<k>`` with their names and ``freq``. A value
+the codec cannot give back exactly raises SchemaError (see ``series.py``); the
+worker fails that row alone (``_workers/outputs.py``).
 
 pandas is imported inside the functions that handle a frame, as everywhere in
 localbatch: a batch without DataFrame values never imports it.

@@ -84,12 +84,25 @@ def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
         values = columns[name]
         if enc in (EncodingType.vector, EncodingType.matrix):
             values = [None if v is None else np.asarray(v) for v in values]
+        kind = kind_for_encoding(enc.value)
         try:
-            cols[f"in.{name}"] = encode_column(kind_for_encoding(enc.value), values)
+            cols[f"in.{name}"] = encode_column(kind, values)
         except OverflowError:
             raise SchemaError(f"input {name!r} has a value that does not fit a 64-bit "
                               "integer") from None
+        except SchemaError as exc:  # a value the store cannot keep exactly: name its row
+            row = next((start + k for k, v in enumerate(values)
+                        if v is not None and _refused(kind, v)), start)
+            raise SchemaError(f"row {row}: input {name!r}: {exc}") from None
     atomic_write(folder / f"part-{seq:06d}.lbp", encode_part(cols, n))
+
+
+def _refused(kind: str, value: Any) -> bool:
+    try:
+        encode_column(kind, [value])
+    except SchemaError:
+        return True
+    return False
 
 
 def spool_table(table: InputTable, inputs: Sequence[tuple[str, EncodingType]],
