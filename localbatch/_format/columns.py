@@ -91,8 +91,8 @@ def _array_text(value: Any) -> str:
         back = np.asarray(data)
         if back.dtype == arr.dtype and back.shape == arr.shape:
             return json.dumps(data)
-    if kind in "Mm":
-        data = arr.view(np.int64).tolist()  # every unit, NaT included, as its int64 count
+    if kind in "Mm":  # every unit, NaT included, as its int64 count (in native order)
+        data = arr.astype(arr.dtype.newbyteorder("="), copy=False).view(np.int64).tolist()
     elif kind in "biufU":
         data = arr.tolist()
     else:
@@ -107,7 +107,8 @@ def _array_from_text(text: str) -> Any:
         return value  # a plain list, as every part before typed arrays holds
     dtype = np.dtype(value["dtype"])
     if dtype.kind in "Mm":
-        return np.array(value["data"], np.int64).view(dtype).reshape(value["shape"])
+        native = np.array(value["data"], np.int64).view(dtype.newbyteorder("="))
+        return native.astype(dtype, copy=False).reshape(value["shape"])
     return np.array(value["data"], dtype).reshape(value["shape"])
 
 
