@@ -273,3 +273,15 @@ def test_the_longest_artifact_name_is_written_and_read_back(client):
     batch = svc.batch({"a": [1.5]}).start()
     batch.wait(timeout=60)
     assert batch.artifact(0, name) == b"1.5"
+
+
+def test_a_vectorised_service_loses_only_the_rows_whose_value_cannot_be_stored(client):
+    svc = (client.service("vec").version("1").code_fn(value_fns.vector_of_objects)
+           .inputs(a=float).outputs(s=str).vectorized().deploy())
+    resp = svc.batch({"a": [float(i) for i in range(200)]}, parallel_count=1).start() \
+        .wait(timeout=60)
+    frame = resp.to_frame()
+    failed = frame.index[frame["error"].notna()].tolist()
+    assert failed == list(range(0, 200, 5))
+    assert "output 's'" in resp.execution(5).error and "repr failed" in resp.execution(5).error
+    assert frame.loc[7, "s"] == "ok7"

@@ -129,3 +129,12 @@ def echo_frame(a):
 
 def echo_value(a):
     return VALUES[int(a)]  # noqa: F821 - a global the service's objects() set
+
+
+def vector_of_objects(a):
+    """A vectorised service: one value per row, every 5th one an unprintable object."""
+    return [value_fns_opaque() if int(x) % 5 == 0 else f"ok{int(x)}" for x in a]
+
+
+def value_fns_opaque():
+    return Opaque()
