@@ -11,10 +11,12 @@ written with ``DataFrame.to_csv`` give the same inputs as the DataFrame itself.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import math
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,14 @@ from localbatch._errors import SchemaError
 from localbatch._format.columns import concat_columns, decode_all, encode_column
 from localbatch._format.part import Part, encode_part
 from localbatch._schema import EncodingType
+
+# hypothesis imports libcst to explain a failing example, and that import warns
+# (a DeprecationWarning, an error in this suite): imported once here, quietly, a
+# failure reads as a failure instead of a pytest INTERNALERROR.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with contextlib.suppress(ImportError):
+        import libcst.metadata  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
