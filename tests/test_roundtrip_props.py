@@ -418,3 +418,41 @@ def _nan_free(columns):
     """NaN as a marker, so that == compares it (NaN != NaN)."""
     return {k: ["NaN" if isinstance(v, float) and math.isnan(v) else v for v in vs]
             for k, vs in columns.items()}
+
+
+# -- inputs through a real batch: the function sees each value exactly ----------------
+
+
+def _echo_inputs(f, i, b, s):
+    return {"f": f, "i": i, "b": b, "s": s}
+
+
+def test_generated_dataframe_inputs_reach_the_function_and_come_back_exactly(client):
+    rows = []
+
+    @settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate])
+    @given(st.one_of(st.none(), st.floats()), st.one_of(st.none(),
+                                                        st.integers(-(2**63), 2**63 - 1)),
+           st.one_of(st.none(), st.booleans()),
+           st.one_of(st.none(), st.text(st.characters(codec=None), max_size=8)))
+    def collect(f, i, b, s):
+        rows.append((f, i, b, s))
+
+    collect()
+    frame = pd.DataFrame({
+        "f": pd.Series([r[0] for r in rows], dtype=object),
+        "i": pd.Series([r[1] for r in rows], dtype="Int64"),
+        "b": pd.Series([r[2] for r in rows], dtype="boolean"),
+        "s": pd.Series([r[3] for r in rows], dtype=object),
+    })
+    svc = (client.service("echo-in").version("1").code_fn(_echo_inputs)
+           .inputs(f=float, i=int, b=bool, s=str).outputs(f=float, i=int, b=bool, s=str)
+           .deploy())
+    resp = svc.batch(frame, parallel_count=2).start().wait(timeout=100)
+    assert resp.failed_item_count == 0
+    out = resp.to_frame()
+    for k, (f, i, b, s) in enumerate(rows):
+        got = resp.execution(k).outputs
+        assert got["i"] == i and got["b"] == b and got["s"] == s
+        assert got["f"] == f or (f is not None and math.isnan(f) and math.isnan(got["f"]))
+    assert len(out) == len(rows)
