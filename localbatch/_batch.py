@@ -61,15 +61,7 @@ def _options(start_method: str, parallel_count: int, options: dict[str, Any]) ->
     unknown = sorted(set(options) - _OPTION_NAMES)
     if unknown:
         raise TypeError(f"batch() got unexpected keyword argument(s): {', '.join(unknown)}")
-    limits = {}
-    if "console_limit" in options:
-        limits["console_bytes"] = int(options.pop("console_limit"))
-    if "artifact_limit" in options:
-        limits["artifact_bytes"] = int(options.pop("artifact_limit"))
-    if "output_limit" in options:
-        limits["output_bytes"] = int(options.pop("output_limit"))
-    options.setdefault("start_method", start_method)
-    return BatchOptions(parallel_count=parallel_count, limits=limits, **options).validate()
+    return BatchOptions.from_call(start_method, parallel_count, options)
 
 
 _IGNORED = "ignoring columns that are not service inputs: "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import ScoringError
 from ._format.chunk import per_row
 from ._format.columns import decode_one
-from ._schema import EncodingType
+from ._schema import EncodingType, frame_wire
 from ._views import response_html
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def _raw(value: Any) -> Any:
     if value is None:
         return None
     if hasattr(value, "to_dict") and hasattr(value, "columns"):
-        return {str(c): value[c].tolist() for c in value.columns}
+        return frame_wire(value)
     if hasattr(value, "tolist"):
         return value.tolist()
     return value

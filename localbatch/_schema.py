@@ -32,10 +32,13 @@ __all__ = [
     "InputTable",
     "cast_column",
     "cast_value",
+    "check_artifact_name",
     "check_columns",
     "check_input_name",
     "encoding_of",
+    "frame_wire",
     "normalize_records",
+    "shown",
 ]
 
 
@@ -129,8 +132,21 @@ def _to_wire(enc: EncodingType, value: Any) -> Any:
     if enc in (EncodingType.vector, EncodingType.matrix):
         return np.asarray(value).tolist()
     if enc is EncodingType.dataframe:
-        return {str(c): value[c].tolist() for c in value.columns}
+        return frame_wire(value)
     return value
+
+
+def frame_wire(frame: Any) -> dict[str, list[Any]]:
+    """A DataFrame as the SDK's JSON ``{column: values}``, by position: a duplicated
+    name's second column is ``<name>.1`` (``frame[name]`` would be a frame there)."""
+    out: dict[str, list[Any]] = {}
+    for j, label in enumerate(frame.columns):
+        key, n = str(label), 0
+        while key in out:
+            n += 1
+            key = f"{label}.{n}"
+        out[key] = frame.iloc[:, j].tolist()
+    return out
 
 
 def _coerce(value: Any) -> EncodingType | None:
@@ -161,6 +177,39 @@ def check_input_name(name: str) -> None:
         )
 
 
+#: The longest file name the file systems localbatch runs on allow, in bytes.
+NAME_MAX = 255
+
+
+def check_artifact_name(name: Any) -> str:
+    """An artifact name must name one file of the row's working folder on every file
+    system: a non-empty str, not ``.``/``..``, without ``/``, ``\\`` or NUL, and at
+    most 255 bytes in UTF-8 (bytes, not characters: 100 CJK characters are 300)."""
+    why = ""
+    if not isinstance(name, str):
+        why = f"is a {type(name).__name__}, not a str"
+    elif not name:
+        why = "is empty"
+    elif name in (".", ".."):
+        why = "names a folder, not a file"
+    elif "/" in name or "\\" in name:
+        why = "has a path separator: artifacts are files of the row's working folder itself"
+    elif "\0" in name:
+        why = "has a NUL character"
+    else:
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            why = "is not valid Unicode text (it holds a lone surrogate)"
+        else:
+            if size > NAME_MAX:
+                why = f"is {size} bytes long in UTF-8, and a file name has at most {NAME_MAX}"
+    if why:
+        raise InvalidServiceError(f"artifact name {shown(name)} {why}: an artifact must be a "
+                                  "plain file name")
+    return name
+
+
 # -- casting one value ------------------------------------------------------
 
 
@@ -173,15 +222,24 @@ def _is_missing(value: Any) -> bool:
     return type(value).__name__ in ("NAType", "NaTType")
 
 
+def shown(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters, whatever the value's ``__repr__`` does."""
+    try:
+        text = repr(value)
+        if not isinstance(text, str):
+            raise TypeError("__repr__ returned a non-string")
+    except Exception:  # noqa: BLE001 - a user object whose __repr__ raises
+        return f"<{type(value).__name__} object (repr failed)>"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _fail(enc: EncodingType, name: str, value: Any, why: str = "") -> SchemaError:
     what = _TO_PYTHON[enc]
     extra = f" ({why})" if why else ""
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
     # `name` may carry its role ("output 'answer'"); a bare name is an input.
     label = name if " " in name else f"input {name!r}"
     return SchemaError(
-        f"Invalid {label}: {shown} of type {type(value).__name__} cannot be "
+        f"Invalid {label}: {shown(value)} of type {type(value).__name__} cannot be "
         f"cast losslessly to {what}{extra}"
     )
 

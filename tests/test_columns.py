@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from localbatch._errors import SchemaError
 from localbatch._format.columns import (
     Column,
     concat_columns,
@@ -108,17 +111,18 @@ def test_frames_with_different_column_sets_and_none():
 
 
 def test_frame_object_columns_of_numbers_stay_numbers():
-    df = pd.DataFrame({"n": pd.Series([1, None, 3], dtype=object),
-                       "m": pd.Series(["a", 1, None], dtype=object)})
+    df = pd.DataFrame({"n": pd.Series([1, None, 3], dtype=object)})
     [out] = _through_file("frame", [df])
     assert out["n"].tolist() == [1, None, 3]
-    assert out["m"].tolist() == ["a", "1", None]  # mixed objects: stored as text
+    mixed = pd.DataFrame({"m": pd.Series(["a", 1, None], dtype=object)})
+    with pytest.raises(SchemaError, match="column 'm'.*mixed types"):  # never silently text
+        _through_file("frame", [mixed])
 
 
 def test_frame_duplicate_and_non_string_column_names():
     df = pd.DataFrame([[1, 2.5, "a"]], columns=["x", "x", 0])
     [out] = _through_file("frame", [df])
-    assert list(out.columns) == ["x", "x", "0"]
+    assert list(out.columns) == ["x", "x", 0]  # labels keep their type
     assert out.iloc[0].tolist() == [1, 2.5, "a"]
 
 
@@ -188,8 +192,13 @@ def test_part_rejects_garbage_and_object_buffers():
         Part(b"not a part")
     data = bytearray(encode_part({"x": encode_column("int", [1])}, 1))
     data = bytes(data).replace(b'"<i8"', b'"|O8"', 1)
-    with pytest.raises(ValueError, match="object buffers"):
-        Part(data).column("x")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Part(data)
+    # Even with a checksum that matches, an object buffer is refused (never unpickled).
+    crc = zlib.crc32(memoryview(data)[16:], zlib.crc32(data[4:8]))
+    resealed = data[:8] + struct.pack("<I", crc) + data[12:]
+    with pytest.raises(ValueError, match="bad buffer x.values"):
+        Part(resealed).column("x")
 
 
 def test_kind_for_every_encoding_type():

@@ -7,6 +7,8 @@ process engine, the inline engine and the Dask engine implement it.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -47,40 +49,111 @@ class Chunk:
                  for k, v in self.columns.items()})
 
 
+#: The per-row caps as ``svc.batch`` names them, by their key in ``BatchOptions.limits``.
+LIMIT_OPTIONS = {"console_limit": "console_bytes", "artifact_limit": "artifact_bytes",
+                 "output_limit": "output_bytes"}
+
+
 @dataclass
 class BatchOptions:
-    """Per-batch options (keyword arguments of ``svc.batch``)."""
+    """Per-batch options (keyword arguments of ``svc.batch``), checked as they are set.
+
+    Every field is validated on assignment (in ``__init__`` too), so a bad value
+    raises ``ConfigurationError`` naming the option and the value where the user
+    passed it — ``svc.batch(...)``, ``batch.parallel_count = ...``, the CLI,
+    ``resume``/``retry_failed`` overrides — and is never stored: counts are ints
+    (a bool is not a number here), seconds are finite and positive (NaN would
+    disable a timeout), caps are whole positive numbers of bytes.
+    """
 
     parallel_count: int = 10
     max_attempts: int = 3
     row_timeout: float | None = None
-    init_timeout: float = 300.0
+    init_timeout: float | None = 300.0
     error_threshold: int | None = None
     start_method: str = "spawn"
     limits: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def from_call(cls, start_method: str, parallel_count: Any, options: dict[str, Any]
+                  ) -> BatchOptions:
+        """The options of a ``svc.batch(records, parallel_count, **options)`` call."""
+        limits = {key: options.pop(name) for name, key in LIMIT_OPTIONS.items()
+                  if name in options}
+        options.setdefault("start_method", start_method)
+        return cls(parallel_count=parallel_count, limits=limits, **options)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = _CHECKS.get(name)
+        super().__setattr__(name, value if check is None else check(name, value))
+
     def validate(self) -> BatchOptions:
-        if not isinstance(self.parallel_count, int) or self.parallel_count < 1:
-            raise ConfigurationError(f"parallel_count must be an int >= 1, not "
-                                     f"{self.parallel_count!r}")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be an int >= 1, not "
-                                     f"{self.max_attempts!r}")
-        for name in ("row_timeout", "init_timeout"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        if self.error_threshold is not None and (
-                not isinstance(self.error_threshold, int) or self.error_threshold < 0):
-            raise ConfigurationError("error_threshold must be an int >= 0")
-        if self.start_method not in START_METHODS:
-            raise ConfigurationError(f"start_method must be one of {START_METHODS}")
+        """Every field checked again (they are on assignment; kept for callers)."""
+        for name in _CHECKS:
+            setattr(self, name, getattr(self, name))
         return self
 
     def to_json(self) -> dict[str, Any]:
         return {"max_attempts": self.max_attempts, "row_timeout": self.row_timeout,
                 "init_timeout": self.init_timeout, "error_threshold": self.error_threshold,
                 "start_method": self.start_method, "limits": dict(self.limits)}
+
+
+def _refuse(name: str, value: Any, rule: str) -> ConfigurationError:
+    return ConfigurationError(f"{name} must be {rule}, not {value!r}"[:300])
+
+
+def _count(minimum: int, none_ok: bool = False) -> Any:
+    """A check of a whole number >= ``minimum`` (numpy ints too; bools and floats not)."""
+    def check(name: str, value: Any) -> Any:
+        if value is None and none_ok:
+            return None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+                or value < minimum:
+            rule = f"an int >= {minimum}" + (" or None" if none_ok else "")
+            raise _refuse(name, value, rule)
+        return int(value)
+    return check
+
+
+def _seconds(name: str, value: Any) -> Any:
+    """Seconds: a finite number > 0, or None (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value <= 0:
+        raise _refuse(name, value, "a finite number of seconds > 0, or None for no limit")
+    return float(value)
+
+
+def _start_method(name: str, value: Any) -> Any:
+    if value not in START_METHODS:
+        raise _refuse(name, value, f"one of {', '.join(START_METHODS)}")
+    return value
+
+
+def _limits(name: str, value: Any) -> Any:
+    """The per-row caps: whole numbers of bytes >= 1 (an integral float is taken)."""
+    if not isinstance(value, dict):
+        raise _refuse(name, value, "a dict of byte caps")
+    out = {}
+    for key, cap in value.items():
+        option = next((n for n, k in LIMIT_OPTIONS.items() if k == key), None)
+        if option is None:
+            raise _refuse(name, key, f"one of {', '.join(LIMIT_OPTIONS.values())}")
+        whole = int(cap) if isinstance(cap, float) and math.isfinite(cap) \
+            and cap.is_integer() else cap  # output_limit=100e6
+        try:
+            out[key] = _count(1)(option, whole)
+        except ConfigurationError:
+            raise _refuse(option, cap, "a whole number of bytes >= 1") from None
+    return out
+
+
+_CHECKS = {"parallel_count": _count(1), "max_attempts": _count(1),
+           "row_timeout": _seconds, "init_timeout": _seconds,
+           "error_threshold": _count(0, none_ok=True), "start_method": _start_method,
+           "limits": _limits}
 
 
 @dataclass

@@ -23,8 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._errors import SchemaError
+from .._schema import shown
 from .buffers import Buffers, concat_strings, encode_strings, missing_mask, string_at, strings_all
-from .frames import concat_frames, encode_frames, frame_at, frames_all
+from .frames import concat_frames, encode_frames, frame_at, frame_sizes, frames_all
 
 __all__ = [
     "Column",
@@ -33,6 +35,7 @@ __all__ = [
     "decode_one",
     "encode_column",
     "kind_for_encoding",
+    "value_sizes",
 ]
 
 
@@ -74,8 +77,39 @@ def _encode_number(values: Sequence[Any], dtype: Any) -> Buffers:
 
 
 def _encode_json(values: Sequence[Any]) -> Buffers:
-    texts = [None if v is None else json.dumps(np.asarray(v).tolist()) for v in values]
-    return encode_strings(texts)
+    return encode_strings([None if v is None else _array_text(v) for v in values])
+
+
+def _array_text(value: Any) -> str:
+    """A vector or matrix as JSON: a plain (nested) list where ``np.asarray`` of it gives
+    the same array back, else ``{"dtype", "shape", "data"}``; raises SchemaError for
+    arrays JSON cannot hold exactly (object, complex, bytes)."""
+    arr = np.asarray(value)
+    kind = arr.dtype.kind
+    if kind in "biufU":
+        data = arr.tolist()
+        back = np.asarray(data)
+        if back.dtype == arr.dtype and back.shape == arr.shape:
+            return json.dumps(data)
+    if kind in "Mm":  # every unit, NaT included, as its int64 count (in native order)
+        data = arr.astype(arr.dtype.newbyteorder("="), copy=False).view(np.int64).tolist()
+    elif kind in "biufU":
+        data = arr.tolist()
+    else:
+        raise SchemaError(f"an array of dtype {arr.dtype} cannot be stored exactly: use "
+                          "numbers, bools, str or datetime64 (value {})".format(shown(value)))
+    return json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape), "data": data})
+
+
+def _array_from_text(text: str) -> Any:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        return value  # a plain list, as every part before typed arrays holds
+    dtype = np.dtype(value["dtype"])
+    if dtype.kind in "Mm":
+        native = np.array(value["data"], np.int64).view(dtype.newbyteorder("="))
+        return native.astype(dtype, copy=False).reshape(value["shape"])
+    return np.array(value["data"], dtype).reshape(value["shape"])
 
 
 def encode_column(kind: str, values: Sequence[Any]) -> Column:
@@ -127,7 +161,7 @@ def decode_one(col: Column, i: int) -> Any:
         return string_at(bufs, i)
     if kind == "json":
         text = string_at(bufs, i)
-        return None if text is None else json.loads(text)
+        return None if text is None else _array_from_text(text)
     return frame_at(col, i)
 
 
@@ -139,5 +173,19 @@ def decode_all(col: Column) -> list[Any]:
     if kind == "str":
         return strings_all(bufs)
     if kind == "json":
-        return [None if t is None else json.loads(t) for t in strings_all(bufs)]
+        return [None if t is None else _array_from_text(t) for t in strings_all(bufs)]
     return frames_all(col)
+
+
+# -- sizes ------------------------------------------------------------------------
+
+
+def value_sizes(col: Column) -> np.ndarray:
+    """The bytes each value of an encoded column takes in a part (its buffers' share:
+    text and JSON bytes, 9 bytes per number and mask). What the per-row caps count."""
+    kind, bufs = col.kind, col.buffers
+    if kind in _NUMBER_DTYPES:
+        return np.full(len(bufs["mask"]), 9, np.int64)
+    if kind in ("str", "json"):
+        return np.diff(bufs["offsets"])
+    return frame_sizes(col)

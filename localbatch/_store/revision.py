@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidServiceError
-from .._schema import check_input_name, encoding_of
+from .._schema import check_artifact_name, check_input_name, encoding_of
 from .._version import __version__ as _lb_version
-from .fsutil import is_plain_file_name, sha256
+from .fsutil import sha256
 
 if TYPE_CHECKING:
     from .registry import Manifest
@@ -341,9 +341,9 @@ def _check_operation(op_id: str | None, reserved: set[str]) -> None:
 def _check_artifacts(names: Iterable[Any]) -> list[str]:
     out: list[str] = []
     for name in names:
-        if not is_plain_file_name(name) or name == ".localbatch-checksums":
-            raise InvalidServiceError(
-                f"artifact name {name!r} must be a plain file name (no folders)")
+        check_artifact_name(name)
+        if name == ".localbatch-checksums":  # the artifact folder's own checksum file
+            raise InvalidServiceError(f"artifact name {name!r} is reserved by localbatch")
         if name not in out:
             out.append(name)
     return out

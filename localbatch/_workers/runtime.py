@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import SchemaError
 from .._format.chunk import ChunkResult, RowError
 from .._format.columns import encode_column, kind_for_encoding
-from .._schema import EncodingType, cast_value
+from .._schema import EncodingType
 from .board import Board
 from .isolation import RowGuard
 from .loading import Call, load_callable
+from .outputs import encode_outputs, python_values
 from .protocol import row_error
 from .vectorized import VectorizedChunk
 
@@ -190,7 +190,7 @@ class Runtime:
     def _run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
                   board: Board, cap_fd: int | None) -> ChunkResult:
         n = len(indices)
-        cols = [_python_values(columns[name]) for name, _ in self.inputs]
+        cols = [python_values(columns[name]) for name, _ in self.inputs]
         errors: dict[int, RowError] = {}
         rets: list[Any] = [None] * n
         console = _RowConsole(board.started, n)
@@ -223,7 +223,8 @@ class Runtime:
         error_list: list[RowError | None] = [None] * n
         for k, error in errors.items():
             error_list[k] = error
-        outputs = self._encode_outputs(self._columns_from_returns(rets, error_list), error_list)
+        outputs = encode_outputs(self.outputs, self._columns_from_returns(rets, error_list),
+                                 error_list, self.limits["output_bytes"])
         started, ended = board.times(n, finished)
         consoles = self._consoles(n, fd_text, console)
         # Numeric fields go back as arrays and all-missing ones as None (see
@@ -355,7 +356,8 @@ class Runtime:
         n = len(indices)
         chunk = VectorizedChunk(self._call, self._to_outputs, self.outputs, n)
         chunk.run(indices, columns, [name for name, _ in self.inputs], board.started)
-        outputs = self._encode_outputs(chunk.columns(), chunk.errors)
+        outputs = encode_outputs(self.outputs, chunk.columns(), chunk.errors,
+                                 self.limits["output_bytes"])
         return {"index": np.asarray(indices, np.int64), "started": chunk.started,
                 "ended": chunk.ended,
                 "errors": None if chunk.errors.count(None) == n else chunk.errors,
@@ -378,70 +380,6 @@ class Runtime:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _encode_outputs(self, values: dict[str, list[Any]],
-                        errors: list[RowError | None]) -> dict[str, Any]:
-        cap = self.limits["output_bytes"]
-        for name, enc in self.outputs:
-            column = values[name]
-            if isinstance(column, np.ndarray) or _already_typed(enc, column):
-                continue
-            for k, value in enumerate(column):
-                if value is None or errors[k] is not None:
-                    column[k] = None
-                    continue
-                try:
-                    column[k] = _capped(_cast_output(enc, value, name), name, cap)
-                except (SchemaError, _OutputTooLarge) as exc:
-                    kind = "OutputTypeError" if isinstance(exc, SchemaError) else "OutputTooLarge"
-                    errors[k] = (kind, str(exc), "")
-                    for other in values.values():
-                        other[k] = None
-        return {name: encode_column(kind_for_encoding(enc.value), values[name])
-                for name, enc in self.outputs}
-
-
-_PLAIN = {EncodingType.numeric: float, EncodingType.integer: int,
-          EncodingType.logical: bool}
-
-
-def _already_typed(enc: EncodingType, column: list[Any]) -> bool:
-    """A column of exact scalars of the declared type needs no per-value cast."""
-    want = _PLAIN.get(enc)
-    if want is None or not set(map(type, column)) <= {want, type(None)}:
-        return False
-    if want is int:
-        ints = [v for v in column if v is not None]
-        return not ints or (min(ints) >= -(2**63) and max(ints) < 2**63)
-    return True
-
-
-class _OutputTooLarge(Exception):
-    """A row's output over the ``output_bytes`` cap (it becomes that row's error)."""
-
-
-def _capped(value: Any, name: str, cap: int) -> Any:
-    """Keep one row's output from filling the disk: text is cut with a marker."""
-    if isinstance(value, str):
-        if len(value) > cap:
-            return value[:cap] + f"\n[localbatch: output truncated, {len(value) - cap} more " \
-                                 "characters]"
-        return value
-    # The type, not the value: a missing attribute on a frame searches its columns.
-    frame_like = hasattr(type(value), "memory_usage") and hasattr(type(value), "columns")
-    size = None if frame_like else getattr(value, "nbytes", None)
-    if frame_like:
-        # A frame's cells are at most 8 bytes each (object cells count their pointer,
-        # as a shallow memory_usage does): its shape settles the common case in a
-        # microsecond, where memory_usage() costs ~100 us, 5% of a per-row predict.
-        rows, cols = value.shape
-        size = rows * cols * 8
-        if size > cap:
-            size = int(value.memory_usage(index=False, deep=False).sum())
-    if size is not None and size > cap:
-        raise _OutputTooLarge(f"output {name!r} is {size} bytes, over the per-row cap of "
-                              f"{cap} (batch option output_limit)")
-    return value
-
 
 def _spread(call: Call) -> Callable[..., Any]:
     return lambda *args: call(args)
@@ -449,23 +387,6 @@ def _spread(call: Call) -> Callable[..., Any]:
 
 def _unloaded(args: Sequence[Any]) -> Any:
     raise RuntimeError("service not initialized")
-
-
-def _cast_output(enc: EncodingType, value: Any, name: str) -> Any:
-    if enc is EncodingType.numeric and type(value) is float:
-        return value
-    if enc is EncodingType.dataframe:
-        import pandas as pd
-
-        if isinstance(value, pd.Series):
-            return value.to_frame()
-    return cast_value(enc, value, f"output {name!r}")
-
-
-def _python_values(column: Any) -> Any:
-    """Row functions get Python scalars (float, int, bool), as the SDK gave them."""
-    return column.tolist() if isinstance(column, np.ndarray) and column.dtype != object \
-        else column
 
 
 def _cwd() -> str | None:
