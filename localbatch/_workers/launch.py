@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["launch", "set_parent_death_signal"]
+__all__ = ["launch", "set_parent_death_signal", "worker_env"]
 
 #: ``prctl`` option: the signal a process gets when its parent (thread) ends.
 PR_SET_PDEATHSIG = 1
@@ -39,7 +39,7 @@ def launch(module: str, fd: int, args: list[str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-c", f"import sys; from {module} import main; "
                "main(sys.argv[1:])", "--fd", str(fd), *args]
     return _on_launcher(lambda: subprocess.Popen(
-        command, pass_fds=[fd], env=_worker_env(), start_new_session=True,
+        command, pass_fds=[fd], env=worker_env(), start_new_session=True,
         stdin=subprocess.DEVNULL))
 
 
@@ -99,7 +99,8 @@ def _forget_launcher() -> None:
 os.register_at_fork(after_in_child=_forget_launcher)
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
+    """The environment of a worker started now (forked ones take it on too)."""
     env = dict(os.environ)
     # Workers import what the caller can import (modules next to its script, say).
     paths = [p for p in sys.path if p and os.path.isdir(p)]

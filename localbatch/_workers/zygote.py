@@ -11,12 +11,14 @@ owner (same interpreter, same libraries); it keeps the last
 ``SOCK_SEQPACKET`` pair (message boundaries kept)::
 
     owner → server   ("preload", spec)                           load a service ahead of need
-                     ("fork", board path) + the worker's socket (SCM_RIGHTS)
+                     ("fork", board path, environment) + the worker's socket (SCM_RIGHTS)
     server → owner   FORKED  b"F" + pid              a worker was forked
                      EXITED  b"X" + pid + exit code  a worker ended
 
 Messages are served in order, so a fork asked for after a preload forks a
-template that holds the service. The template never forks while it runs a
+template that holds the service. A fork carries the owner's environment as it
+is now (what a spawned worker would get), which the worker takes on, and the
+import paths it names. The template never forks while it runs a
 second thread (a fork copies one thread and whatever locks the others hold): a
 preload that leaves one running (a library that starts a pool at import) makes
 it forget that service and re-execute itself, and workers of that service load
@@ -50,7 +52,7 @@ from typing import Any
 # server, so forked workers start warm. What a service needs beyond that
 # (pandas, statsmodels) is imported by its preload.
 from .child import serve
-from .launch import launch, set_parent_death_signal
+from .launch import launch, set_parent_death_signal, worker_env
 from .loading import forget_preloaded, preload, preloaded
 
 __all__ = ["EXITED", "FORKED", "ForkServerClient", "client", "close", "close_if_idle",
@@ -115,7 +117,7 @@ def serve_forks(conn: Connection, owner: int, no_preload: set[str] | None = None
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(wake_r)
             os.close(wake_w)
-            _forked_child(sock, fds[0], request[1], owner)
+            _forked_child(sock, fds[0], request[1], request[2], owner)
         os.close(fds[0])
         sock.sendall(FORKED.pack(b"F", pid))
 
@@ -183,9 +185,16 @@ def _report_exits(sock: socket.socket) -> None:
         sock.sendall(EXITED.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
 
 
-def _forked_child(sock: socket.socket, fd: int, board_path: str, owner: int) -> None:
+def _forked_child(sock: socket.socket, fd: int, board_path: str, env: dict[str, str],
+                  owner: int) -> None:
     sock.close()
     os.setsid()
+    # The owner's environment now, not the template's at its start (a test that
+    # sets a variable expects its workers to see it, as spawned ones would).
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path.extend(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                    if p and p not in sys.path)
     try:
         serve(Connection(fd), board_path, owner)
     finally:
@@ -267,7 +276,8 @@ class ForkServerClient:
     def fork(self, child_fd: int, board_path: str) -> int:
         """A new worker serving ``child_fd`` (its end of a socket pair); returns its pid."""
         with self.lock:
-            socket.send_fds(self.sock, [pickle.dumps(("fork", board_path))], [child_fd])
+            request = pickle.dumps(("fork", board_path, worker_env()))
+            socket.send_fds(self.sock, [request], [child_fd])
             with self.cond:
                 self.cond.wait_for(lambda: bool(self.forked), timeout=30)
                 pid = self.forked.pop(0) if self.forked else -1
