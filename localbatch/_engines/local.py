@@ -35,6 +35,8 @@ import time
 from multiprocessing.connection import wait
 from typing import Any
 
+import numpy as np
+
 from .._format.chunk import ChunkResult
 from .._store.registry import ServiceRecord
 from .._workers.pool import WORKER_POOL, start_worker, warm_template
@@ -51,6 +53,8 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 CPU_BOUND = 0.6
 #: The shortest window the busy share is measured over.
 BUSY_WINDOW = 0.2
+#: A vectorised service's first chunk (one call of an OLS predict: ~10 ms).
+VECTOR_FIRST_CHUNK = 10_000
 
 # The worker pool's exit hook (stop the workers, remove their boards) must run
 # after a script's end has waited for its batches: exit hooks run last-in first-out.
@@ -235,9 +239,7 @@ class LocalSupervisor(Supervisor):
         chunk = next((c for c in chunks if c.id == chunk_id), None)
         if chunk is not None:
             chunks.remove(chunk)
-            spent = time.monotonic() - chunk.sent
-            per_row = spent / max(1, len(chunk.indices))
-            self._note_row_seconds(per_row)
+            self._note_row_seconds(_work_seconds(payload, chunk) / max(1, len(chunk.indices)))
         self._unblamed_deaths = 0
         self._count_failures(payload)
         self.committer.add(payload, self._attempts)
@@ -296,6 +298,14 @@ class LocalSupervisor(Supervisor):
     def _slots(self) -> int:
         return len(self._workers)
 
+    def _chunk_size(self) -> int:
+        if self._row_seconds is None and self.record.manifest.get("vectorized"):
+            # A vectorised call costs milliseconds whatever its size: a first chunk
+            # of 8 rows would time the call, not the rows, and keep chunks small.
+            remaining = self.committer.total - self.committer.completed_count
+            return max(1, min(VECTOR_FIRST_CHUNK, -(-remaining // (2 * max(1, self._slots())))))
+        return super()._chunk_size()
+
     def _dispatch(self) -> None:
         for w in list(self._workers):
             if not w.ready or w.dead:
@@ -319,6 +329,20 @@ def warm(record: ServiceRecord, start_method: str) -> None:
     get_service); nothing for spawned workers, which load it themselves."""
     if start_method == "forkserver":
         warm_template({"path": str(record.path)})
+
+
+def _work_seconds(payload: ChunkResult, chunk: Chunk) -> float:
+    """How long the worker spent on a chunk: its first row's start to its last row's end.
+
+    Not the time since it was sent: a pipelined chunk waits for the one before it,
+    and counting that wait would halve the chunks it sizes.
+    """
+    started, ended = payload.get("started"), payload.get("ended")
+    if started is not None and ended is not None and len(started) and len(ended):
+        spent = float(np.max(ended) - np.min(started))
+        if spent >= 0:
+            return spent
+    return time.monotonic() - chunk.sent
 
 
 def _busy_ns(pid: int) -> int | None:
