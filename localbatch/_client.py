@@ -17,7 +17,7 @@ from ._store.executions import ExecutionStore
 from ._store.fsutil import make_private_dir
 from ._store.registry import Registry, ServiceRecord
 from ._store.revision import ServiceSpec
-from ._workers.pool import WORKER_POOL
+from ._workers.pool import DEFAULT_START_METHOD, WORKER_POOL
 from ._workers.process import START_METHODS
 
 __all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]
@@ -88,7 +88,8 @@ class MLServer(Operationalization):
         except OSError as exc:
             raise ConfigurationError(f"cannot create store {self.store_path}: {exc}") from None
         self._registry = Registry(self.store_path)
-        start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD", "forkserver")
+        start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD",
+                                                      DEFAULT_START_METHOD)
         _check_start_method(start_method)
         #: Shared with every Service and Batch of this client (fails fast on a bad engine).
         self._executions = Executions(ExecutionStore(self.store_path), self._registry, engine,
