@@ -144,6 +144,26 @@ def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
     assert zygote._CLIENT.alive()  # noqa: SLF001
 
 
+def test_the_template_starts_loading_a_service_at_deploy(client):
+    deploy(client, "ahead", warm_fns.nap)
+    assert client.start_method == "forkserver"
+    assert zygote._CLIENT is not None and zygote._CLIENT.alive()  # noqa: SLF001
+    assert not live_workers()  # no worker before a batch needs one
+
+
+def test_a_template_stuck_loading_a_model_is_replaced(client, monkeypatch):
+    """A template that does not load a service in time is killed; the next one does
+    not load that service, and its workers load it themselves."""
+    monkeypatch.setattr(zygote, "FORK_TIMEOUT", 3.0)
+    svc = deploy(client, "stuck", warm_fns.where_loaded, outputs={"y": str},
+                 where=warm_fns.StuckInTemplate())
+    resp = svc.batch(rows(4), parallel_count=1).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+    loaded_in, pid, _ = map(int, resp.execution(0).outputs["y"].split(":"))
+    assert loaded_in == pid
+    assert zygote._CLIENT.alive()  # noqa: SLF001
+
+
 def test_init_runs_in_each_worker_not_in_the_template(client, store, tmp_path, monkeypatch):
     inits = tmp_path / "inits"
     inits.mkdir()

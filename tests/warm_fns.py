@@ -84,3 +84,16 @@ def retire_after_row_zero(a: float, b: float) -> float:
 
         child.send = send
     return a
+
+
+class StuckInTemplate(LoadedWhere):
+    """A model whose unpickling hangs in the template (a child of the process that
+    pickled it), and only there."""
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"owner": os.getpid()}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        super().__setstate__(state)
+        if os.getppid() == state["owner"]:
+            time.sleep(60)

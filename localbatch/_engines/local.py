@@ -361,11 +361,12 @@ class LocalEngine(Engine):
     name = "local"
 
     def prepare(self, record: ServiceRecord, options: BatchOptions, rows: int | None) -> None:
-        # The first worker's start-up (the template loading the service, or an
-        # interpreter) overlaps the spooling; more start as the work shows it needs them.
-        if rows is None:
-            warm(record, options.start_method)  # a CSV: its size is not known yet
-        elif rows:
+        # The first worker's start-up overlaps the spooling: the template loads the
+        # service (start() does not wait for it: the supervisor's first fork does), or
+        # an interpreter starts. More start as the work shows it needs them.
+        if options.start_method == "forkserver":
+            warm(record, options.start_method)
+        elif rows:  # a CSV's size is not known yet
             WORKER_POOL.prestart(pool_key(record, options), 1, options.start_method,
                                  options.limits)
 

@@ -162,17 +162,18 @@ def start_worker(key: tuple[Any, ...], start_method: str, spec: dict[str, Any],
         w.start(spec, limits or None)
         return w
     for attempt in (1, 2):
+        server = zygote.client()
         try:
-            zygote.client().preload(spec)
-            w.start(spec, limits or None)
-            return w
+            server.preload(spec)
+            server.wait_loaded(zygote.FORK_TIMEOUT)
         except OSError:
-            # The template died (a preload that crashed it is not asked for again):
-            # once more from a fresh one.
-            w.close()
+            # Dead, or stuck loading it: once more from a fresh template, which
+            # does not preload that service (its workers load it themselves).
             if attempt == 2:
                 raise
-            w = WorkerProcess(key, start_method)
+            continue
+        w.start(spec, limits or None)
+        return w
     raise AssertionError("unreachable")
 
 

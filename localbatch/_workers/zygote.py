@@ -11,9 +11,11 @@ owner (same interpreter, same libraries); it keeps the last
 ``SOCK_SEQPACKET`` pair (message boundaries kept)::
 
     owner → server   ("preload", spec)                           load a service ahead of need
+                     ("ping",)                                   answered once all before it are
                      ("fork", board path, environment) + the worker's socket (SCM_RIGHTS)
     server → owner   FORKED  b"F" + pid              a worker was forked
                      EXITED  b"X" + pid + exit code  a worker ended
+                     PONG    b"P"                    the ping's answer
 
 Messages are served in order, so a fork asked for after a preload forks a
 template that holds the service. A fork carries the owner's environment as it
@@ -62,8 +64,13 @@ __all__ = ["EXITED", "FORKED", "ForkServerClient", "client", "close", "close_if_
 FORKED = struct.Struct("<cq")
 #: A worker ended: ``b"X"``, its pid, its exit code (negative: the signal that killed it).
 EXITED = struct.Struct("<cqq")
+#: Everything asked before the ping is done.
+PONG = b"P"
 #: Room for one request (a pickled spec); the replies are fixed-size.
 MESSAGE_BYTES = 1 << 16
+#: The longest a fork may wait for the template to load the service (the default
+#: init_timeout: loading is the part of init that moved into the template).
+FORK_TIMEOUT = 300.0
 
 
 # -- the server (its own process) ----------------------------------------------------
@@ -110,6 +117,9 @@ def serve_forks(conn: Connection, owner: int, no_preload: set[str] | None = None
         request = pickle.loads(msg)
         if request[0] == "preload":
             _preload(request[1], skip, sock, owner)
+            continue
+        if request[0] == "ping":
+            sock.sendall(PONG)
             continue
         pid = os.fork()
         if pid == 0:
@@ -223,6 +233,8 @@ class ForkServerClient:
         self.exits: dict[int, int] = {}
         #: The last service asked to be preloaded: blamed if the server dies.
         self.loading: str | None = None
+        self.pongs = 0
+        self.dead = False
         threading.Thread(target=self._read, daemon=True, name="localbatch-zygote").start()
 
     def _read(self) -> None:
@@ -239,6 +251,7 @@ class ForkServerClient:
                 if self.loading is not None and code not in (None, 0):
                     _NO_PRELOAD.add(self.loading)  # it died loading that: never again
                 with self.cond:
+                    self.dead = True
                     self.forked.append(-1)
                     self.cond.notify_all()
                 return
@@ -253,6 +266,9 @@ class ForkServerClient:
                     self.forked.append(pid)
                     self.live.add(pid)
                     buf = buf[FORKED.size:]
+                elif buf[:1] == PONG:
+                    self.pongs += 1
+                    buf = buf[1:]
                 elif buf[:1] == b"X" and len(buf) >= EXITED.size:
                     _, pid, code = EXITED.unpack_from(buf)
                     self.exits[pid] = code
@@ -273,17 +289,49 @@ class ForkServerClient:
             with contextlib.suppress(OSError):
                 self.sock.sendall(pickle.dumps(("preload", {"path": path})))
 
+    def wait_loaded(self, timeout: float) -> None:
+        """Return once the template has done what it was asked (its preloads); a
+        template that takes longer is abandoned (OSError)."""
+        with self.lock:
+            with self.cond:
+                seen = self.pongs
+            try:
+                self.sock.sendall(pickle.dumps(("ping",)))
+            except OSError:
+                self.abandon()
+                raise
+            with self.cond:
+                done = self.cond.wait_for(lambda: self.pongs > seen or self.dead, timeout)
+                done = done and not self.dead
+        if not done:
+            self.abandon()
+            raise OSError("the localbatch template did not load the service in time")
+
     def fork(self, child_fd: int, board_path: str) -> int:
         """A new worker serving ``child_fd`` (its end of a socket pair); returns its pid."""
         with self.lock:
             request = pickle.dumps(("fork", board_path, worker_env()))
             socket.send_fds(self.sock, [request], [child_fd])
             with self.cond:
-                self.cond.wait_for(lambda: bool(self.forked), timeout=30)
+                # The template may be loading the service first (a big model: minutes).
+                self.cond.wait_for(lambda: bool(self.forked), timeout=FORK_TIMEOUT)
                 pid = self.forked.pop(0) if self.forked else -1
         if pid < 0:
+            self.abandon()
             raise OSError("the localbatch fork server is not answering")
         return pid
+
+    def abandon(self) -> None:
+        """Kill a hung (or dead) template; the next one does not preload what it was
+        loading. Its workers stay until their owner lets them go."""
+        if self.loading is not None:
+            _NO_PRELOAD.add(self.loading)
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
     def exit_code(self, pid: int, timeout: float) -> int | None:
         with self.cond:
@@ -298,8 +346,14 @@ class ForkServerClient:
             self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.sock.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=2)
+        try:
+            self.proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            # Busy loading a service nobody will use now: nothing in it to keep.
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)
 
 
 _CLIENT: ForkServerClient | None = None
