@@ -7,7 +7,7 @@ is stopped, then the fork server, then the boards' folder is removed.
 
 The number of idle workers is bounded however many services a process deploys
 (a test suite deploys one per test): at most :data:`MAX_IDLE` (2 × cores), or
-as many as the service handed back last keeps, whichever is more; the least
+as many as the two services handed back last keep, whichever is more; the least
 recently used ones of other services go first. Workers start through
 :meth:`WorkerPool.start_worker`, which has the warm template (:mod:`.zygote`)
 load the service first when they are forked from it.
@@ -41,6 +41,8 @@ DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "sp
 #: Idle workers kept across services (the service handed back last may keep more).
 MAX_IDLE = 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                 else os.cpu_count() or 1)
+#: Services whose idle workers are all kept (two used in turn keep theirs warm).
+KEEP_SERVICES = 2
 
 
 class WorkerPool:
@@ -51,6 +53,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
         self._closed = False
+        #: The services whose workers were handed back last, most recent first.
+        self._recent: list[tuple[Any, ...]] = []
 
     @property
     def closed(self) -> bool:
@@ -99,10 +103,13 @@ class WorkerPool:
         self._ensure_reaper()
 
     def _over_cap(self, recent: tuple[Any, ...]) -> list[WorkerProcess]:
-        """Idle workers beyond the cap, least recently used first (``recent``'s are kept)."""
-        cap = max(MAX_IDLE, len(self._idle.get(recent, [])))
-        others = sorted((w for key, idle in self._idle.items() if key != recent for w in idle),
-                        key=lambda w: w.idle_since)
+        """Idle workers beyond the cap, least recently used first; those of the services
+        handed back last (:data:`KEEP_SERVICES`) are kept whatever their number."""
+        self._recent = [recent, *(k for k in self._recent if k != recent)][:KEEP_SERVICES]
+        kept = sum(len(self._idle.get(k, [])) for k in self._recent)
+        cap = max(MAX_IDLE, kept)
+        others = sorted((w for key, idle in self._idle.items() if key not in self._recent
+                         for w in idle), key=lambda w: w.idle_since)
         total = sum(len(v) for v in self._idle.values())
         evicted = others[:max(0, total - cap)]
         for w in evicted:
