@@ -9,8 +9,10 @@ The number of idle workers is bounded however many services a process deploys
 (a test suite deploys one per test): at most :data:`MAX_IDLE` (2 × cores), or
 as many as the two services handed back last keep, whichever is more; the least
 recently used ones of other services go first. Workers start through
-:meth:`WorkerPool.start_worker`, which has the warm template (:mod:`.zygote`)
-load the service first when they are forked from it.
+:func:`start_worker`, which has the warm template (:mod:`.zygote`) load the
+service first when they are forked from it. ``close()`` (a client closing, a
+test ending) stops idle workers but keeps the template: the next test of a
+suite forks its workers from it instead of starting an interpreter.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ IDLE_TIMEOUT = float(os.environ.get("LOCALBATCH_IDLE_TIMEOUT", "60"))
 #: busy cores), a first batch with parallel_count=10 takes 1.2-1.6 s forked from the
 #: template, 2-4 s with spawned workers (bench/compare.py --only first_batch).
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
-#: Idle workers kept across services (the service handed back last may keep more).
+#: Idle workers kept across services (the two services handed back last may keep more).
 MAX_IDLE = 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                 else os.cpu_count() or 1)
 #: Services whose idle workers are all kept (two used in turn keep theirs warm).
