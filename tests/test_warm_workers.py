@@ -145,6 +145,8 @@ def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
 
 
 def test_the_template_starts_loading_a_service_at_deploy(client):
+    if pool.DEFAULT_START_METHOD != "forkserver":
+        pytest.skip("workers are spawned by default here")
     deploy(client, "ahead", warm_fns.nap)
     assert client.start_method == "forkserver"
     assert zygote._CLIENT is not None and zygote._CLIENT.alive()  # noqa: SLF001
@@ -225,7 +227,7 @@ def test_a_script_without_a_main_guard_works(tmp_path, start_method):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           env=env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    want = start_method or "forkserver"
+    want = start_method or pool.DEFAULT_START_METHOD
     assert f"RESULT Complete [2.0, 4.0, 6.0] {want}" in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.count("RESULT") == 1  # the script ran once: no worker imported it
 
