@@ -30,6 +30,9 @@ from localbatch._engines.local import CORES
 from localbatch._workers import pool, zygote
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Tests of the template itself (the default where forking is safe: Linux).
+template = pytest.mark.skipif(pool.DEFAULT_START_METHOD != "forkserver",
+                              reason="workers are spawned by default here")
 
 
 def deploy(client, name, fn, init=None, outputs=None, **models):
@@ -121,6 +124,7 @@ def test_idle_workers_are_reaped(client, monkeypatch):
 # -- the template ----------------------------------------------------------------------
 
 
+@template
 def test_workers_fork_from_a_template_that_unpickled_the_model(client):
     svc = deploy(client, "where", warm_fns.where_loaded, outputs={"y": str},
                  where=warm_fns.LoadedWhere())
@@ -131,6 +135,7 @@ def test_workers_fork_from_a_template_that_unpickled_the_model(client):
         assert loaded_in == parent != pid  # unpickled once, in the template
 
 
+@template
 def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
     """The template never forks with a second thread running: it starts afresh."""
     svc = deploy(client, "threads", warm_fns.where_loaded, outputs={"y": str},
@@ -144,15 +149,15 @@ def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
     assert zygote._CLIENT.alive()  # noqa: SLF001
 
 
+@template
 def test_the_template_starts_loading_a_service_at_deploy(client):
-    if pool.DEFAULT_START_METHOD != "forkserver":
-        pytest.skip("workers are spawned by default here")
     deploy(client, "ahead", warm_fns.nap)
     assert client.start_method == "forkserver"
     assert zygote._CLIENT is not None and zygote._CLIENT.alive()  # noqa: SLF001
     assert not live_workers()  # no worker before a batch needs one
 
 
+@template
 def test_a_template_stuck_loading_a_model_is_replaced(client, monkeypatch):
     """A template that does not load a service in time is killed; the next one does
     not load that service, and its workers load it themselves."""
@@ -189,6 +194,7 @@ def test_no_state_of_the_test_process_leaks_into_a_worker(client, monkeypatch):
     assert [resp.execution(i).outputs["y"] for i in range(3)] == ["fresh"] * 3
 
 
+@template
 def test_the_owners_environment_of_the_moment_reaches_forked_workers(client, monkeypatch):
     svc = deploy(client, "env", warm_fns.init_pid, warm_fns.record_init, outputs={"y": str})
     svc.batch(rows(1), parallel_count=1).start().wait(60)  # the template is up
