@@ -347,9 +347,11 @@ class ForkServerClient:
         with contextlib.suppress(OSError):
             self.sock.close()
         try:
-            self.proc.wait(timeout=0.5)
+            self.proc.wait(timeout=0.05)  # an idle template exits at once on the EOF
         except subprocess.TimeoutExpired:
-            # Busy loading a service nobody will use now: nothing in it to keep.
+            # Busy loading a service nobody will use now (a CLI command that looked a
+            # service up, a script that only deployed): nothing in it to keep, and
+            # the exit of this process must not wait for it.
             with contextlib.suppress(OSError):
                 self.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
