@@ -8,7 +8,11 @@ warm pools, imported modules and caches never leak between measurements:
   and ``run()`` are timed together;
 - ``warm``: every engine of a (workload, rows) group in one process: each is
   opened and warmed up untimed, then they are timed alternately, round by round;
-- ``small``, ``memory``, ``framepoll``: the latency, memory and read-side checks.
+- ``small``, ``memory``, ``framepoll``: the latency, memory and read-side checks;
+- ``first_batch``: the SDK sample flow in a fresh process (imports, fit, deploy,
+  a 32-row batch timed ``start()`` → ``wait()``), or its Pool / loop equivalent;
+- ``suite``: a test suite's pattern in one process (per iteration a fresh store,
+  deploy and a 32-row batch), or the same iterations with a fresh ``Pool(10)``.
 
 Each child prints one JSON line last; the orchestrator turns them into tables.
 """
@@ -308,9 +312,115 @@ def child_framepoll(spec: Spec) -> Any:
             "to_frame_median_s": statistics.median(frames)}
 
 
+def _sample_service(client: Any, name: str) -> Any:
+    """The SDK sample's service: per-row predict of the mtcars OLS model, with an init."""
+    import _ols
+    import pandas as pd
+
+    return (client.service(name).version("1.0").code_fn(_ols.manual_transmission, _ols.init)
+            .inputs(hp=float, wt=float).outputs(answer=pd.DataFrame)
+            .models(cars_model=_ols.cars_model).deploy())
+
+
+def _pool_rows(method: str, workers: int, rows: list[tuple[float, float]]) -> Any:
+    """A fresh ``Pool(workers)``: map the sample's predict over the rows, close it."""
+    import multiprocessing as mp
+
+    import _ols
+    import pandas as pd
+
+    with mp.get_context(method).Pool(workers) as pool:
+        out = pool.starmap(_ols.ols_row, rows, max(1, -(-len(rows) // (4 * workers))))
+    return pd.concat(out, ignore_index=True)
+
+
+def child_first_batch(spec: Spec) -> Any:
+    """The SDK sample flow in this fresh process; ``start()`` → ``wait()`` timed."""
+    import _ols  # imports pandas and statsmodels and fits the model, as the sample does
+
+    df = _ols.mtcars[["hp", "wt"]].astype(float)
+    rows = list(zip(df["hp"].tolist(), df["wt"].tolist(), strict=True))
+    if spec["engine"] == "loop":
+        t0 = time.perf_counter()
+        import pandas as pd
+
+        pd.concat([_ols.ols_row(*r) for r in rows], ignore_index=True)
+        return {"seconds": time.perf_counter() - t0}
+    if spec["engine"] == "pool":
+        t0 = time.perf_counter()
+        _pool_rows(spec["method"], 10, rows)
+        return {"seconds": time.perf_counter() - t0}
+    from localbatch import DeployClient
+
+    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
+        client = DeployClient(tmp, start_method=spec["method"])
+        svc = _sample_service(client, "TxService")
+        t0 = time.perf_counter()
+        batch = svc.batch(df, parallel_count=spec["pc"]).start()
+        resp = batch.wait()
+        seconds = time.perf_counter() - t0
+        if resp.state != "Complete" or resp.failed_item_count:
+            raise RuntimeError(f"batch ended {resp.state}: {resp.error}")
+        client.close()
+    return {"seconds": seconds}
+
+
+def live_workers() -> tuple[int, int]:
+    """(worker processes, templates) among this process's descendants."""
+    import psutil
+
+    workers = templates = 0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            line = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "--zygote" in line and p.ppid() == os.getpid():
+            templates += 1
+        elif "localbatch" in line:
+            workers += 1  # spawned workers, and the template's forks (its command line)
+    return workers, templates
+
+
+def child_suite(spec: Spec) -> Any:
+    """A test suite's pattern: per iteration a fresh store, deploy, a 32-row batch."""
+    import _ols
+
+    df = _ols.mtcars[["hp", "wt"]].astype(float)
+    rows = list(zip(df["hp"].tolist(), df["wt"].tolist(), strict=True))
+    times = []
+    if spec["engine"] == "pool":
+        for _ in range(spec["iterations"]):
+            t0 = time.perf_counter()
+            _pool_rows("fork", 10, rows)
+            times.append(time.perf_counter() - t0)
+        return {"seconds": times}
+    from localbatch import DeployClient
+
+    dirs = []
+    for i in range(spec["iterations"]):
+        tmp = tempfile.TemporaryDirectory(prefix="lb-bench-suite-")
+        dirs.append(tmp)
+        t0 = time.perf_counter()
+        client = DeployClient(tmp.name, start_method=spec["method"])
+        svc = _sample_service(client, f"TxService{i}")
+        resp = svc.batch(df, parallel_count=10).start().wait()
+        times.append(time.perf_counter() - t0)
+        if resp.state != "Complete" or resp.failed_item_count:
+            raise RuntimeError(f"batch ended {resp.state}: {resp.error}")
+    time.sleep(0.5)  # batches hand their workers back a moment after Complete
+    workers, templates = live_workers()
+    for tmp in dirs:
+        tmp.cleanup()
+    return {"seconds": times, "live_workers": workers, "templates": templates}
+
+
 CHILDREN: dict[str, Callable[[Spec], Any]] = {
     "cold": child_cold, "warm": child_warm, "small": child_small,
     "memory": child_memory, "framepoll": child_framepoll,
+    "first_batch": child_first_batch, "suite": child_suite,
 }
 
 

@@ -33,3 +33,16 @@ def ols_vector(hp: pd.Series, wt: pd.Series) -> pd.Series:
 def ols_chunk(frame: pd.DataFrame) -> pd.DataFrame:
     """The same predict, one call per chunk of rows (what the alternatives map)."""
     return pd.DataFrame({"y": cars_model.predict(frame[["hp", "wt"]]).to_numpy()})
+
+
+def init() -> None:
+    """The sample's init: load what the service needs."""
+    import pandas as pd  # noqa: F401
+
+
+def manual_transmission(hp: float, wt: float) -> pd.DataFrame:
+    """The SDK sample's service function (``manualTransmission``), model as a global."""
+    import pandas as pd
+
+    newdata = pd.DataFrame({"hp": [hp], "wt": [wt]})
+    return pd.DataFrame({"am_Pred": cars_model.predict(newdata)})  # noqa: F821 - a model

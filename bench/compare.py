@@ -17,7 +17,13 @@ alternating round by round. Warm: one process per workload and size holding
 every engine, each warmed up untimed, then timed alternately. Median of 3
 runs, 5 for runs under a second (and for ``vector``, always 5).
 
-Workloads: ``trivial`` (a * 2.0 + b), ``ols_row`` (the SDK sample's per-row
+Workloads: ``first_batch`` (the SDK sample flow in a fresh process: imports,
+fit, deploy, a 32-row per-row predict batch with ``parallel_count`` 10 and 2,
+``start()`` → ``wait()`` timed, beside a fresh ``Pool(10)`` fork and spawn and a
+plain loop), ``suite`` (a test suite's pattern in one process: per iteration a
+fresh store, deploy and that batch with ``parallel_count=10``, against the same
+iteration with a fresh ``Pool(10)`` fork; live workers after the last),
+``trivial`` (a * 2.0 + b), ``ols_row`` (the SDK sample's per-row
 statsmodels predict on a one-row DataFrame), ``sleep_io`` (10 ms sleep per row,
 ``parallel_count=10`` and 10 workers for everyone), ``vector`` (the same predict
 once per chunk of 10,000 rows; localbatch's ``.vectorized()`` services). Then:
@@ -40,14 +46,19 @@ import _harness  # first: pins BLAS threads before anything imports numpy
 LB = [("localbatch", "spawn"), ("localbatch", "forkserver")]
 ALTS = [(kind, method) for method in ("fork", "spawn")
         for kind in ("pool", "futures", "joblib", "dask")]
-SECTIONS = ("trivial", "ols_row", "sleep_io", "vector", "small", "memory", "framepoll",
-            "scale")
+SECTIONS = ("trivial", "ols_row", "sleep_io", "vector", "first_batch", "suite", "small",
+            "memory", "framepoll", "scale")
 
 FULL = {"trivial": [100_000, 1_000_000], "ols_row": [10_000], "sleep_io": [2_000],
         "vector": [1_000_000], "memory": 5_000_000, "framepoll": 1_000_000, "batches": 30,
-        "calls": 100, "scale": 2_000}
+        "calls": 100, "scale": 2_000, "suite": 20}
 QUICK = {"trivial": [20_000], "ols_row": [100], "sleep_io": [200], "vector": [50_000],
-         "memory": 200_000, "framepoll": 50_000, "batches": 10, "calls": 30, "scale": 100}
+         "memory": 200_000, "framepoll": 50_000, "batches": 10, "calls": 30, "scale": 100,
+         "suite": 5}
+#: The SDK sample flow's contenders: (engine, start method, parallel_count).
+FIRST_BATCH = [("localbatch", "forkserver", 10), ("localbatch", "forkserver", 2),
+               ("localbatch", "spawn", 10), ("localbatch", "spawn", 2),
+               ("pool", "fork", 10), ("pool", "spawn", 10), ("loop", "-", 1)]
 
 
 class Report:
@@ -65,12 +76,14 @@ class Report:
         self(text, keep=False)
 
 
-def engines_for(workload: str, dask_engine: bool) -> list[tuple[str, str]]:
+def engines_for(workload: str, dask_engine: bool, alts: list[str] | None = None
+                ) -> list[tuple[str, str]]:
     # sleep_io has no loop: 20 s a run for a known 100 rows/s.
     loop = [] if workload == "sleep_io" else [("loop", "-")]
     extra = [("localbatch-dask", "spawn")] if dask_engine and workload in (
         "trivial", "ols_row") else []
-    return [*LB, *extra, *loop, *ALTS]
+    chosen = [(kind, method) for kind, method in ALTS if alts is None or kind in alts]
+    return [*LB, *extra, *loop, *chosen]
 
 
 def run_groups(args: argparse.Namespace, sizes: dict[str, Any], out: Report
@@ -79,7 +92,7 @@ def run_groups(args: argparse.Namespace, sizes: dict[str, Any], out: Report
     for workload in ("trivial", "ols_row", "sleep_io", "vector"):
         if workload not in args.only:
             continue
-        engines = engines_for(workload, args.engine == "dask")
+        engines = engines_for(workload, args.engine == "dask", args.alts)
         rounds = args.rounds or (5 if workload == "vector" else None)
         for rows in sizes[workload]:
             out.log(f"{workload}, {rows:,} rows:")
@@ -124,15 +137,16 @@ def targets(tables: dict[str, list[Any]], sizes: dict[str, Any], out: Report) ->
             for lb in ("localbatch:spawn", "localbatch:forkserver"):
                 for alt in ("pool:spawn", "pool:fork"):
                     line(f"trivial {rows:,} {kind}: {lb} ÷ {alt}", ratio(res, rows, lb, alt),
-                         1.0)
+                         1.4 if kind == "warm" else 1.0)
                 line(f"trivial {rows:,} {kind}: {lb} ÷ joblib:spawn (loky)",
                      ratio(res, rows, lb, "joblib:spawn"), 3.0)
     for kind in ("cold", "warm"):
         rows, res = _get(tables[kind], "ols_row")
         if rows:
             for lb in ("localbatch:spawn", "localbatch:forkserver"):
-                line(f"ols_row {rows:,} {kind}: {lb} ÷ pool:spawn",
-                     ratio(res, rows, lb, "pool:spawn"), 0.95)
+                for alt in ("pool:spawn", "pool:fork"):
+                    line(f"ols_row {rows:,} {kind}: {lb} ÷ {alt}", ratio(res, rows, lb, alt),
+                         1.0)
     rows, res = _get(tables["warm"], "sleep_io")
     if rows:
         for lb in ("localbatch:spawn", "localbatch:forkserver"):
@@ -148,7 +162,104 @@ def targets(tables: dict[str, list[Any]], sizes: dict[str, Any], out: Report) ->
     if rows:
         for lb in ("localbatch:spawn", "localbatch:forkserver"):
             line(f"vector {rows:,} warm: {lb} ÷ in-process loop per chunk",
-                 ratio(res, rows, lb, "loop:-"), 0.5)
+                 ratio(res, rows, lb, "loop:-"), 1.2)
+
+
+def first_batch_section(rounds: int | None, out: Report) -> dict[str, float]:
+    """The SDK sample flow, each contender in a fresh process, alternating per round."""
+    out("### First batch: the SDK sample flow, 32 mtcars rows, per-row statsmodels predict "
+        "(fresh process each; median s)")
+    out()
+    secs: dict[str, list[float]] = {}
+    walls: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    for _ in range(rounds or 3):
+        for engine, method, pc in FIRST_BATCH:
+            key = f"{engine}:{method}:{pc}"
+            t0 = time.perf_counter()
+            res = _harness.spawn_child("first_batch", {"engine": engine, "method": method,
+                                                       "pc": pc})
+            wall = time.perf_counter() - t0
+            if "seconds" not in res:
+                errors[key] = res.get("error", "?")
+                continue
+            secs.setdefault(key, []).append(res["seconds"])
+            walls.setdefault(key, []).append(wall)
+            out.log(f"  first_batch {key}: {res['seconds']:.3f}s (process {wall:.2f}s)")
+    med = {k: _harness.median(v) for k, v in secs.items()}
+    loop = med.get("loop:-:1")
+    out("| contender | start() → wait() s (or the map) | whole process s | ÷ loop |")
+    out("|---|---:|---:|---:|")
+    for engine, method, pc in FIRST_BATCH:
+        key = f"{engine}:{method}:{pc}"
+        if key not in med:
+            out(f"| {key} | error: {errors.get(key, '?')} | | |")
+            continue
+        name = {"localbatch": f"localbatch [{method}], parallel_count={pc}",
+                "pool": f"multiprocessing.Pool(10) [{method}]",
+                "loop": "plain loop, in-process"}[engine]
+        ratio = f"{med[key] / loop:.1f}×" if loop else "—"
+        out(f"| {name} | {med[key]:.3f} | {_harness.median(walls[key]):.2f} | {ratio} |")
+    out()
+    return med
+
+
+def suite_section(sizes: dict[str, Any], out: Report) -> dict[str, Any]:
+    """A test suite's pattern in one process, against a fresh Pool(10) fork per iteration."""
+    n = sizes["suite"]
+    out(f"### Test-suite pattern: {n} iterations in one process, each a fresh store, deploy "
+        "and a 32-row batch (parallel_count=10)")
+    out()
+    results = {}
+    for engine, method in (("localbatch", "forkserver"), ("localbatch", "spawn"),
+                           ("pool", "fork")):
+        res = _harness.spawn_child("suite", {"engine": engine, "method": method,
+                                             "iterations": n})
+        results[f"{engine}:{method}"] = res
+        out.log(f"  suite {engine}:{method}: {res.get('error') or 'ok'}")
+    pool = results["pool:fork"]
+    ref = _harness.median(pool["seconds"][1:]) if "seconds" in pool else None
+    out("| contender | first iteration s | median after s | ÷ Pool(10) fork | live workers "
+        "after |")
+    out("|---|---:|---:|---:|---:|")
+    for key, res in results.items():
+        if "seconds" not in res:
+            out(f"| {key} | error: {res.get('error')} | | | |")
+            continue
+        med = _harness.median(res["seconds"][1:])
+        live = res.get("live_workers", "—")
+        ratio = f"{med / ref:.2f}×" if ref else "—"
+        name = (f"localbatch [{key.split(':')[1]}]" if key.startswith("localbatch")
+                else "fresh multiprocessing.Pool(10) [fork]")
+        out(f"| {name} | {res['seconds'][0]:.3f} | {med:.3f} | {ratio} | {live} |")
+    out()
+    return results
+
+
+def warm_targets(first: dict[str, float], suite: dict[str, Any], out: Report) -> None:
+    """Issue 15's targets for the first batch and the suite pattern."""
+    def line(what: str, value: float | None, goal: float, unit: str = "") -> None:
+        if value is None:
+            out(f"- {what}: n/a")
+            return
+        out(f"- {what}: {value:.2f}{unit} (target ≤ {goal:g}{unit}) "
+            f"{'met' if value <= goal else 'MISSED'}")
+
+    out("### Targets: first batch and suite (2-core figures; ratios from this run)")
+    out()
+    if first:
+        pc10, pc2 = first.get("localbatch:forkserver:10"), first.get("localbatch:forkserver:2")
+        line("first batch, parallel_count=10, start() → wait()", pc10, 1.5, " s")
+        line("first batch, parallel_count=10 ÷ parallel_count=2",
+             pc10 / pc2 if pc10 and pc2 else None, 1.1, "×")
+    lb, pool = suite.get("localbatch:forkserver", {}), suite.get("pool:fork", {})
+    if "seconds" in lb and "seconds" in pool:
+        line("suite median per iteration ÷ fresh Pool(10) fork",
+             _harness.median(lb["seconds"][1:]) / _harness.median(pool["seconds"][1:]), 1.2,
+             "×")
+        line(f"live worker processes after {len(lb['seconds'])} iterations",
+             lb.get("live_workers"), 2 * (os.cpu_count() or 1))
+    out()
 
 
 def small_section(sizes: dict[str, Any], out: Report) -> None:
@@ -287,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=("dask",), default=None,
                         help="add localbatch's Dask engine (LocalCluster, 2 workers) for "
                              "trivial and ols_row")
+    parser.add_argument("--alts", nargs="*", default=None,
+                        choices=sorted({kind for kind, _ in ALTS}),
+                        help="the alternatives to run (default: all)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="runs per engine (default: 3, or 5 for short runs)")
     parser.add_argument("--memory-rows", type=int, default=None, help="rows of the CSV")
@@ -331,6 +445,10 @@ def main(argv: list[str] | None = None) -> None:
         out()
         targets(tables, sizes, out)
         out()
+    first = first_batch_section(args.rounds, out) if "first_batch" in args.only else {}
+    suite = suite_section(sizes, out) if "suite" in args.only else {}
+    if first or suite:
+        warm_targets(first, suite, out)
     if "small" in args.only:
         small_section(sizes, out)
     if "memory" in args.only:

@@ -11,14 +11,14 @@ from ._batch import Batch
 from ._definition import RealtimeDefinition, ServiceDefinition
 from ._engines.executions import Executions
 from ._engines.inline import clear_inline_runtimes
-from ._engines.registry import get_engine
+from ._engines.registry import get_engine, warm_service
 from ._errors import ConfigurationError, InvalidServiceError, ServiceNotFoundError
 from ._service import Service
 from ._store.executions import ExecutionStore
 from ._store.fsutil import open_store_root
-from ._store.registry import Registry
+from ._store.registry import Registry, ServiceRecord
 from ._store.revision import ServiceSpec
-from ._workers.pool import WORKER_POOL
+from ._workers.pool import DEFAULT_START_METHOD, WORKER_POOL
 from ._workers.process import START_METHODS
 
 __all__ = ["DeployClient", "MLServer", "Operationalization", "default_store"]
@@ -91,7 +91,8 @@ class MLServer(Operationalization):
         except OSError as exc:
             raise ConfigurationError(f"cannot create store {self.store_path}: {exc}") from None
         self._registry = Registry(self.store_path)
-        start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD", "spawn")
+        start_method = start_method or os.environ.get("LOCALBATCH_START_METHOD",
+                                                      DEFAULT_START_METHOD)
         _check_start_method(start_method)
         #: Shared with every Service and Batch of this client (fails fast on a bad engine).
         self._executions = Executions(ExecutionStore(self.store_path), self._registry, engine,
@@ -130,7 +131,7 @@ class MLServer(Operationalization):
         """The ``Service`` of ``name`` (``version=None``: the most recently published)."""
         version = opts.pop("version", None)
         _no_extra(opts, "get_service")
-        return Service(self._find(name, version), self._executions)
+        return Service(self._warm(self._find(name, version)), self._executions)
 
     def _find(self, name: str, version: str | None = None) -> Any:
         """The registry's record; not found says what is there (close names, versions)."""
@@ -203,8 +204,13 @@ class MLServer(Operationalization):
                 raise ServiceNotFoundError(f"No service found for {name}: deploy it first"
                                            f"{_not_found_help(self._registry, name, None)}")
         # The consume method lives on the Service: it may not hide one of its members.
-        return Service(self._registry.publish(spec, replace=replace, reserved=dir(Service)),
-                       self._executions)
+        record = self._registry.publish(spec, replace=replace, reserved=dir(Service))
+        return Service(self._warm(record), self._executions)
+
+    def _warm(self, record: ServiceRecord) -> ServiceRecord:
+        """Its workers' template starts loading it now, ahead of the first batch."""
+        warm_service(self._executions.engine, record, self._executions.start_method)
+        return record
 
     # session pools of ML Server 9.3: nothing to manage locally -----------------
 

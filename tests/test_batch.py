@@ -574,17 +574,18 @@ def test_the_workers_a_batch_needs_start_before_its_inputs_are_spooled(add_svc, 
     from localbatch._engines.local import LocalEngine, pool_key
     from localbatch._workers.pool import WORKER_POOL
 
-    options = BatchOptions(parallel_count=3)
+    options = BatchOptions(parallel_count=3, start_method="spawn")  # forked: see test_warm_workers
     key = pool_key(add_svc._record, options)
     LocalEngine().prepare(add_svc._record, options, rows=None)  # a CSV: size unknown
     assert WORKER_POOL.idle_count(key) == 0
-    LocalEngine().prepare(add_svc._record, options, rows=2)  # two rows: two workers
-    assert WORKER_POOL.idle_count(key) == 2
-    LocalEngine().prepare(add_svc._record, options, rows=1000)  # parallel_count at most
-    assert WORKER_POOL.idle_count(key) == 3
+    LocalEngine().prepare(add_svc._record, options, rows=2)  # the first worker
+    assert WORKER_POOL.idle_count(key) == 1
+    LocalEngine().prepare(add_svc._record, options, rows=1000)  # more start as work waits
+    assert WORKER_POOL.idle_count(key) == 1
     early = {w.pid for w in WORKER_POOL._idle[key]}
 
-    batch = add_svc.batch({"a": [1.0, 2.0, 3.0], "b": [1.0] * 3}, parallel_count=3).start()
+    batch = add_svc.batch({"a": [1.0, 2.0, 3.0], "b": [1.0] * 3}, parallel_count=3,
+                          start_method="spawn").start()
     assert batch.wait(30).state == "Complete"
     log = (store / "executions" / batch.execution_id / "execution.log").read_text()
     # The batch ran on the workers started ahead of it, and started no other.

@@ -13,27 +13,48 @@ board names (only that row: the rest of its chunks is requeued without using an
 attempt). Rows charged once run alone afterwards, so a poison row cannot take
 good rows down with it. It never hangs: every wait has a timeout, a hung row is
 killed by ``row_timeout``, a hung ``init`` by ``init_timeout``.
+
+Workers start as the work needs them, ``parallel_count`` being a cap (the SDK's
+"number of concurrent threads"): a batch leases the idle workers it can use
+(no more than its chunks), else starts one; it adds one while a chunk waits and
+every worker has its fill (``IN_FLIGHT`` chunks), doubling at most per round of
+starts. Beyond one worker per core it adds only while the workers leave their
+cores idle (rows that wait on I/O): a worker's run time plus its run-queue wait
+(``/proc/<pid>/schedstat``) over wall time says whether it wants a whole core,
+even on a machine others load too. A worker that exits cleanly while idle
+(*retired*: it could not undo what a row did) is replaced; its unstarted chunks
+go again and nothing is charged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from multiprocessing.connection import wait
 from typing import Any
 
+import numpy as np
+
 from .._format.chunk import ChunkResult
 from .._store.registry import ServiceRecord
-from .._workers.pool import WORKER_POOL
+from .._workers.pool import WORKER_POOL, start_worker, warm_template
 from .._workers.process import WorkerProcess, describe_exit
 from .._workers.protocol import ChunkDone, InitError, Message, Ready, RunChunk
 from .base import BatchOptions, Chunk, Engine, RunContext, RunHandle
 from .supervisor import BatchAborted, Supervisor, register_exit_wait
 
-__all__ = ["LocalEngine", "LocalSupervisor", "pool_key"]
+__all__ = ["LocalEngine", "LocalSupervisor", "pool_key", "warm"]
 
 IN_FLIGHT = 2  # chunks queued per worker, so it never waits for the next one
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+#: A worker busy (running or runnable) this share of its wall time wants a whole core.
+CPU_BOUND = 0.6
+#: The shortest window the busy share is measured over.
+BUSY_WINDOW = 0.2
+#: A vectorised service's first chunk (one call of an OLS predict: ~10 ms).
+VECTOR_FIRST_CHUNK = 10_000
 
 # The worker pool's exit hook (stop the workers, remove their boards) must run
 # after a script's end has waited for its batches: exit hooks run last-in first-out.
@@ -54,6 +75,9 @@ class LocalSupervisor(Supervisor):
         self._workers: list[WorkerProcess] = []
         self._inflight: dict[int, list[Chunk]] = {}
         self._init_error: str | None = None
+        #: Per worker pid: (monotonic time, schedstat busy ns) at the last look.
+        self._sched: dict[int, tuple[float, int]] = {}
+        self._cpu_bound: bool | None = None
 
     # lifecycle (see Supervisor) ---------------------------------------------
 
@@ -92,6 +116,7 @@ class LocalSupervisor(Supervisor):
             if self._cancel_requested():
                 return self._finish_canceled()
             self._dispatch()
+            self._grow()
             if self._finished():
                 return self._finish()
             self._poll(0.1)
@@ -109,7 +134,9 @@ class LocalSupervisor(Supervisor):
     # workers ---------------------------------------------------------------------------
 
     def _lease_workers(self) -> None:
-        want = min(self.options.parallel_count, max(1, len(self.committer.pending_indices())))
+        """Idle warm workers, as many as the chunks can use; else one new one."""
+        chunks = -(-len(self.committer.pending_indices()) // self.first_chunk)
+        want = min(self.options.parallel_count, max(1, chunks))
         self._workers = WORKER_POOL.take_idle(pool_key(self.record, self.options), want)
         for w in self._workers:
             self._inflight[w.pid] = []
@@ -120,16 +147,67 @@ class LocalSupervisor(Supervisor):
                 self.log.info("worker %d taken from the warm pool", w.pid)
         if self._workers:
             self._mark_in_progress()
-        for _ in range(want - len(self._workers)):
+        else:
             self._spawn()
 
     def _spawn(self) -> None:
-        w = WorkerProcess(pool_key(self.record, self.options), self.options.start_method)
-        w.start({"path": str(self.record.path)}, self.options.limits or None)
+        w = start_worker(pool_key(self.record, self.options), self.options.start_method,
+                         {"path": str(self.record.path)}, self.options.limits)
         w.leases = 1
         self._workers.append(w)
         self._inflight[w.pid] = []
         self.log.info("worker %d started (%s)", w.pid, self.options.start_method)
+
+    def _grow(self) -> None:
+        """One more worker while a chunk waits and every worker has its fill."""
+        n = len(self._workers)
+        if n >= self.options.parallel_count or self._init_error:
+            return
+        starting = sum(1 for w in self._workers if not w.ready)
+        if starting >= max(1, n - starting):
+            return  # at most doubling per round of starts
+        if any(len(self._inflight.get(w.pid, [])) < IN_FLIGHT for w in self._workers
+               if w.ready):
+            return
+        if not self._work_waiting():
+            return
+        if n >= CORES and self._wants_cores():
+            return  # CPU-bound rows: another worker would only share the cores
+        self._spawn()
+
+    def _work_waiting(self) -> bool:
+        """Whether rows wait for a worker (reads the next input part if need be)."""
+        if self._queue:
+            return True
+        while self._source is not None:
+            if self._source_rows is not None and self._source_pos < len(self._source_rows[0]):
+                return True
+            self._source_rows, self._source_pos = next(self._source, None), 0
+            if self._source_rows is None:
+                self._source = None
+        return False
+
+    def _wants_cores(self) -> bool:
+        """Whether the busy workers use whole cores (measured over >= BUSY_WINDOW s;
+        until then, assumed)."""
+        now = time.monotonic()
+        busy = wall = 0.0
+        for w in self._workers:
+            if not w.ready or not self._inflight.get(w.pid):
+                continue
+            ns = _busy_ns(w.pid)
+            last = self._sched.get(w.pid)
+            if ns is None:
+                continue
+            if last is None:
+                self._sched[w.pid] = (now, ns)
+            elif now - last[0] >= BUSY_WINDOW:
+                busy += (ns - last[1]) / 1e9
+                wall += now - last[0]
+                self._sched[w.pid] = (now, ns)
+        if wall:
+            self._cpu_bound = busy / wall >= CPU_BOUND
+        return True if self._cpu_bound is None else self._cpu_bound
 
     def _poll(self, timeout: float) -> None:
         conns = {w.conn: w for w in self._workers if w.conn is not None and not w.dead}
@@ -161,9 +239,7 @@ class LocalSupervisor(Supervisor):
         chunk = next((c for c in chunks if c.id == chunk_id), None)
         if chunk is not None:
             chunks.remove(chunk)
-            spent = time.monotonic() - chunk.sent
-            per_row = spent / max(1, len(chunk.indices))
-            self._note_row_seconds(per_row)
+            self._note_row_seconds(_work_seconds(payload, chunk) / max(1, len(chunk.indices)))
         self._unblamed_deaths = 0
         self._count_failures(payload)
         self.committer.add(payload, self._attempts)
@@ -183,6 +259,9 @@ class LocalSupervisor(Supervisor):
         w.kill()  # also takes down anything the row started in the worker's group
         chunks = self._inflight.pop(w.pid, [])
         self._workers.remove(w)
+        self._sched.pop(w.pid, None)
+        if reason is None and current is None and w.exitcode == 0 and w.ready:
+            return self._on_retired(w, chunks)
         why = reason or describe_exit(w.exitcode)
         self.log.warning("worker %d ended: %s (row %s; %d rows in flight)", w.pid, why,
                          current[0] if current else "-", sum(len(c.indices) for c in chunks))
@@ -192,6 +271,15 @@ class LocalSupervisor(Supervisor):
             self._init_error = (f"init failed: {why} {stage}" if not w.ready else
                                 f"workers keep dying {stage}: {why}")
         if self._has_work() and not self._init_error:
+            self._spawn()
+
+    def _on_retired(self, w: WorkerProcess, chunks: list[Chunk]) -> None:
+        """A worker that exited cleanly between rows: its unstarted chunks go again,
+        uncharged, and a fresh worker takes its place."""
+        self.log.info("worker %d retired (%d rows not started go again)", w.pid,
+                      sum(len(c.indices) for c in chunks))
+        self._requeue(chunks, skip=None)
+        if self._has_work() and not self._init_error and not self._workers:
             self._spawn()
 
     def _check_row_timeouts(self) -> None:
@@ -209,6 +297,14 @@ class LocalSupervisor(Supervisor):
 
     def _slots(self) -> int:
         return len(self._workers)
+
+    def _chunk_size(self) -> int:
+        if self._row_seconds is None and self.record.manifest.get("vectorized"):
+            # A vectorised call costs milliseconds whatever its size: a first chunk
+            # of 8 rows would time the call, not the rows, and keep chunks small.
+            remaining = self.committer.total - self.committer.completed_count
+            return max(1, min(VECTOR_FIRST_CHUNK, -(-remaining // (2 * max(1, self._slots())))))
+        return super()._chunk_size()
 
     def _dispatch(self) -> None:
         for w in list(self._workers):
@@ -228,18 +324,51 @@ class LocalSupervisor(Supervisor):
                     break
 
 
+def warm(record: ServiceRecord, start_method: str) -> None:
+    """Have the warm template load a service ahead of its first worker (deploy,
+    get_service); nothing for spawned workers, which load it themselves."""
+    if start_method == "forkserver":
+        warm_template({"path": str(record.path)})
+
+
+def _work_seconds(payload: ChunkResult, chunk: Chunk) -> float:
+    """How long the worker spent on a chunk: its first row's start to its last row's end.
+
+    Not the time since it was sent: a pipelined chunk waits for the one before it,
+    and counting that wait would halve the chunks it sizes.
+    """
+    started, ended = payload.get("started"), payload.get("ended")
+    if started is not None and ended is not None and len(started) and len(ended):
+        spent = float(np.max(ended) - np.min(started))
+        if spent >= 0:
+            return spent
+    return time.monotonic() - chunk.sent
+
+
+def _busy_ns(pid: int) -> int | None:
+    """Nanoseconds a process's main thread has run or waited to run (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as fh:
+            run, wait, _ = fh.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(run) + int(wait)
+
+
 class LocalEngine(Engine):
     """Supervised worker processes on this machine (the default engine)."""
 
     name = "local"
 
     def prepare(self, record: ServiceRecord, options: BatchOptions, rows: int | None) -> None:
-        # Worker start-up (an interpreter, numpy, the service) overlaps the spooling. A
-        # CSV's size is not known yet: starting parallel_count workers for three rows
-        # would cost more than it saves.
-        if rows is not None:
-            WORKER_POOL.prestart(pool_key(record, options), min(options.parallel_count, rows),
-                                 options.start_method, options.limits)
+        # The first worker's start-up overlaps the spooling: the template loads the
+        # service (start() does not wait for it: the supervisor's first fork does), or
+        # an interpreter starts. More start as the work shows it needs them.
+        if options.start_method == "forkserver":
+            warm(record, options.start_method)
+        elif rows:  # a CSV's size is not known yet
+            WORKER_POOL.prestart(pool_key(record, options), 1, options.start_method,
+                                 options.limits)
 
     def run(self, ctx: RunContext) -> RunHandle:
         sup = LocalSupervisor(ctx)

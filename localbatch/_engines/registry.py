@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._store.registry import ServiceRecord
 from .base import Engine
 from .inline import InlineEngine
-from .local import LocalEngine
+from .local import LocalEngine, warm
 
-__all__ = ["ENGINES", "EXTERNAL_ENGINES", "get_engine"]
+__all__ = ["ENGINES", "EXTERNAL_ENGINES", "get_engine", "warm_service"]
 
 
 def _dask_engine(client: Any = None) -> Engine:
@@ -50,3 +51,10 @@ def get_engine(engine: Any) -> Engine:
         return _dask_engine(engine)
     raise ConfigurationError(f"engine must be 'local', 'inline' or a dask.distributed.Client, "
                              f"not {type(engine).__name__}")
+
+
+def warm_service(engine: Engine, record: ServiceRecord, start_method: str) -> None:
+    """Start loading a service where its batches will run, ahead of need (deploy(),
+    get_service()): the local engine's warm template; nothing for the others."""
+    if isinstance(engine, LocalEngine):
+        warm(record, start_method)

@@ -4,13 +4,24 @@ Workers of one service revision stay alive between batches and ``consume``
 calls of this process (idle timeout ~60 s). A batch *leases* them, so a cancel
 or timeout kill never touches another batch's rows. At exit every idle worker
 is stopped, then the fork server, then the boards' folder is removed.
+
+The number of idle workers is bounded however many services a process deploys
+(a test suite deploys one per test): at most :data:`MAX_IDLE` (2 × cores), or
+as many as the two services handed back last keep, whichever is more; the least
+recently used ones of other services go first. Workers start through
+:func:`start_worker`, which has the warm template (:mod:`.zygote`) load the
+service first when they are forked from it. ``close()`` (a client closing, a
+test ending) stops idle workers but keeps the template: the next test of a
+suite forks its workers from it instead of starting an interpreter.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import select
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -18,10 +29,22 @@ from typing import Any
 
 from . import zygote
 from .process import WorkerProcess, remove_scratch
+from .protocol import Stop
 
-__all__ = ["WORKER_POOL", "WorkerPool"]
+__all__ = ["DEFAULT_START_METHOD", "MAX_IDLE", "WORKER_POOL", "WorkerPool", "start_worker",
+           "warm_template"]
 
 IDLE_TIMEOUT = float(os.environ.get("LOCALBATCH_IDLE_TIMEOUT", "60"))
+#: Workers fork from the warm template where forking a fresh interpreter is safe
+#: (Linux; macOS system frameworks are not fork-safe). Measured on the SDK sample (2
+#: busy cores), a first batch with parallel_count=10 takes 1.2-1.6 s forked from the
+#: template, 2-4 s with spawned workers (bench/compare.py --only first_batch).
+DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
+#: Idle workers kept across services (the two services handed back last may keep more).
+MAX_IDLE = 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1)
+#: Services whose idle workers are all kept (two used in turn keep theirs warm).
+KEEP_SERVICES = 2
 
 
 class WorkerPool:
@@ -32,6 +55,13 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
         self._closed = False
+        #: The services whose workers were handed back last, most recent first.
+        self._recent: list[tuple[Any, ...]] = []
+
+    @property
+    def closed(self) -> bool:
+        """Shut down (at exit): nothing new is started or kept."""
+        return self._closed
 
     def take_idle(self, key: tuple[Any, ...], n: int) -> list[WorkerProcess]:
         with self._lock:
@@ -53,12 +83,8 @@ class WorkerPool:
         missing = n - self.idle_count(key)
         if missing <= 0 or self._closed:
             return
-        workers = []
-        for _ in range(missing):
-            w = WorkerProcess(key, start_method)
-            w.start({"path": key[0]}, limits or None)
-            workers.append(w)
-        self.give_back(workers)
+        self.give_back([start_worker(key, start_method, {"path": key[0]}, limits)
+                        for _ in range(missing)])
 
     def give_back(self, workers: list[WorkerProcess]) -> None:
         now = time.monotonic()
@@ -74,7 +100,25 @@ class WorkerPool:
         with self._lock:
             for w in keep:
                 self._idle.setdefault(w.key, []).append(w)
+            evicted = self._over_cap(keep[-1].key) if keep else []
+        _stop_all(evicted)
         self._ensure_reaper()
+
+    def _over_cap(self, recent: tuple[Any, ...]) -> list[WorkerProcess]:
+        """Idle workers beyond the cap, least recently used first; those of the services
+        handed back last (:data:`KEEP_SERVICES`) are kept whatever their number."""
+        self._recent = [recent, *(k for k in self._recent if k != recent)][:KEEP_SERVICES]
+        kept = sum(len(self._idle.get(k, [])) for k in self._recent)
+        cap = max(MAX_IDLE, kept)
+        others = sorted((w for key, idle in self._idle.items() if key not in self._recent
+                         for w in idle), key=lambda w: w.idle_since)
+        total = sum(len(v) for v in self._idle.values())
+        evicted = others[:max(0, total - cap)]
+        for w in evicted:
+            self._idle[w.key].remove(w)
+        for key in [k for k, v in self._idle.items() if not v]:
+            del self._idle[key]
+        return evicted
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
@@ -94,8 +138,9 @@ class WorkerPool:
             for key, idle in self._idle.items():
                 stale += [w for w in idle if now - w.idle_since >= older_than]
                 self._idle[key] = [w for w in idle if now - w.idle_since < older_than]
-        for w in stale:
-            w.stop()
+        for key in [k for k, v in self._idle.items() if not v]:
+            del self._idle[key]
+        _stop_all(stale)
 
     def idle_count(self, key: tuple[Any, ...] | None = None) -> int:
         with self._lock:
@@ -104,18 +149,59 @@ class WorkerPool:
             return sum(len(v) for v in self._idle.values())
 
     def close(self) -> None:
-        """Stop every idle worker (at exit, or when a client closes).
+        """Stop every idle worker (when a client closes, at a test's end).
 
-        The fork server goes too once none of its workers is left (a running
-        batch's workers keep it).
+        The warm template stays: the next client of this process (the next test
+        of a suite) forks its workers from it instead of starting an interpreter.
         """
         self.reap_idle(-1.0)
-        zygote.close_if_idle()
 
     def shut_down(self) -> None:
         """Close for good: workers handed back from now on are killed (at exit)."""
         self._closed = True
         self.close()
+        zygote.close_if_idle()
+
+
+def start_worker(key: tuple[Any, ...], start_method: str, spec: dict[str, Any],
+                 limits: dict[str, int] | None) -> WorkerProcess:
+    """Start one worker of a service; a forked one comes from a template holding it."""
+    w = WorkerProcess(key, start_method)
+    if start_method != "forkserver":
+        w.start(spec, limits or None)
+        return w
+    for attempt in (1, 2):
+        server = zygote.client()
+        try:
+            server.preload(spec)
+            server.wait_loaded(zygote.FORK_TIMEOUT)
+        except OSError:
+            # Dead, or stuck loading it: once more from a fresh template, which
+            # does not preload that service (its workers load it themselves).
+            if attempt == 2:
+                raise
+            continue
+        w.start(spec, limits or None)
+        return w
+    raise AssertionError("unreachable")
+
+
+def warm_template(spec: dict[str, Any]) -> None:
+    """Start the template and have it load a service, ahead of the first worker."""
+    if not WORKER_POOL.closed:
+        zygote.client().preload(spec)
+
+
+def _stop_all(workers: list[WorkerProcess]) -> None:
+    """Ask idle workers to stop, all at once, then kill any still there after 1 s."""
+    for w in workers:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            w.send(Stop("stop"))
+    deadline = time.monotonic() + 1.0
+    for w in workers:
+        while time.monotonic() < deadline and w.alive():
+            time.sleep(0.01)
+        w.kill()
 
 
 def _readable(conn: Connection) -> bool:

@@ -1,0 +1,264 @@
+"""Workers from a warm template, started as the work needs them (issue 15).
+
+Each test tries to break one promise: a batch starts the workers its chunks can
+use and no more; CPU-bound rows never get more workers than cores; the live
+workers stay bounded however many services a process deploys; idle ones are
+reaped; workers are forked from a template that loaded the service but ran no
+``init``, and that holds no state of the test process; a guard-less script
+works; a retired or killed worker is replaced without charging a row. No
+timings here: speed lives in bench/compare.py (first_batch, suite).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import warm_fns
+import warm_state
+
+from localbatch._engines.local import CORES
+from localbatch._workers import pool, zygote
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Tests of the template itself (the default where forking is safe: Linux).
+template = pytest.mark.skipif(pool.DEFAULT_START_METHOD != "forkserver",
+                              reason="workers are spawned by default here")
+
+
+def deploy(client, name, fn, init=None, outputs=None, **models):
+    builder = client.service(name).version("1.0").code_fn(fn, init).inputs(a=float, b=float)
+    builder = builder.outputs(**(outputs or {"y": float}))
+    if models:
+        builder = builder.models(**models)
+    return builder.deploy()
+
+
+def rows(n: int, b: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame({"a": [float(i) for i in range(n)], "b": [b] * n})
+
+
+def started(store: Path, execution_id: str) -> list[int]:
+    log = (store / "executions" / execution_id / "execution.log").read_text()
+    return [int(p) for p in re.findall(r"worker (\d+) started", log)]
+
+
+def live_workers() -> list[psutil.Process]:
+    """This process's worker processes: the template's children and spawned workers."""
+    server = zygote._CLIENT  # noqa: SLF001 - the test looks at the live template
+    template = server.proc.pid if server is not None and server.alive() else None
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE or p.pid == template:
+                continue
+            if p.ppid() == template or "localbatch._workers.child" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# -- on demand -------------------------------------------------------------------------
+
+
+def test_a_one_chunk_batch_with_parallel_count_10_starts_one_worker(client, store):
+    svc = deploy(client, "one-chunk", warm_fns.nap)
+    resp = svc.batch(rows(5), parallel_count=10).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    assert len(started(store, resp.execution_id)) == 1
+    assert len(live_workers()) == 1
+
+
+def test_rows_that_wait_get_more_workers_up_to_parallel_count(client, store):
+    svc = deploy(client, "naps", warm_fns.nap)
+    resp = svc.batch(rows(300, 0.01), parallel_count=4).start().wait(120)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    n = len(started(store, resp.execution_id))
+    assert 1 < n <= 4, n
+
+
+def test_cpu_bound_rows_get_no_more_workers_than_cores(client, store):
+    svc = deploy(client, "busy", warm_fns.busy)
+    resp = svc.batch(rows(300, 0.002), parallel_count=10).start().wait(120)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    assert 1 <= len(started(store, resp.execution_id)) <= CORES
+
+
+def test_live_workers_stay_bounded_however_many_services_a_process_deploys(client):
+    for i in range(12):  # a test suite: a new service each time
+        svc = deploy(client, f"svc-{i}", warm_fns.nap)
+        resp = svc.batch(rows(32), parallel_count=10).start().wait(60)
+        assert resp.state == "Complete"
+        assert len(live_workers()) <= pool.MAX_IDLE
+    assert pool.WORKER_POOL.idle_count() <= pool.MAX_IDLE
+
+
+def test_idle_workers_are_reaped(client, monkeypatch):
+    monkeypatch.setattr(pool, "IDLE_TIMEOUT", 0.3)
+    svc = deploy(client, "reaped", warm_fns.nap)
+    assert svc.batch(rows(32, 0.01), parallel_count=3).start().wait(60).state == "Complete"
+    assert wait_for(lambda: not live_workers(), timeout=10), live_workers()
+    # The service still works afterwards (from the template, which stays).
+    assert svc.batch(rows(3), parallel_count=3).start().wait(60).state == "Complete"
+
+
+# -- the template ----------------------------------------------------------------------
+
+
+@template
+def test_workers_fork_from_a_template_that_unpickled_the_model(client):
+    svc = deploy(client, "where", warm_fns.where_loaded, outputs={"y": str},
+                 where=warm_fns.LoadedWhere())
+    resp = svc.batch(rows(20), parallel_count=2).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    for i in range(20):
+        loaded_in, pid, parent = map(int, resp.execution(i).outputs["y"].split(":"))
+        assert loaded_in == parent != pid  # unpickled once, in the template
+
+
+@template
+def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
+    """The template never forks with a second thread running: it starts afresh."""
+    svc = deploy(client, "threads", warm_fns.where_loaded, outputs={"y": str},
+                 where=warm_fns.StartsThread())
+    for _ in range(2):
+        resp = svc.batch(rows(10), parallel_count=2).start().wait(60)
+        assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+        for i in range(10):
+            loaded_in, pid, _ = map(int, resp.execution(i).outputs["y"].split(":"))
+            assert loaded_in == pid
+    assert zygote._CLIENT.alive()  # noqa: SLF001
+
+
+@template
+def test_the_template_starts_loading_a_service_at_deploy(client):
+    deploy(client, "ahead", warm_fns.nap)
+    assert client.start_method == "forkserver"
+    assert zygote._CLIENT is not None and zygote._CLIENT.alive()  # noqa: SLF001
+    assert not live_workers()  # no worker before a batch needs one
+
+
+@template
+def test_a_template_stuck_loading_a_model_is_replaced(client, monkeypatch):
+    """A template that does not load a service in time is killed; the next one does
+    not load that service, and its workers load it themselves."""
+    monkeypatch.setattr(zygote, "FORK_TIMEOUT", 3.0)
+    svc = deploy(client, "stuck", warm_fns.where_loaded, outputs={"y": str},
+                 where=warm_fns.StuckInTemplate())
+    resp = svc.batch(rows(4), parallel_count=1).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+    loaded_in, pid, _ = map(int, resp.execution(0).outputs["y"].split(":"))
+    assert loaded_in == pid
+    assert zygote._CLIENT.alive()  # noqa: SLF001
+
+
+def test_init_runs_in_each_worker_not_in_the_template(client, store, tmp_path, monkeypatch):
+    inits = tmp_path / "inits"
+    inits.mkdir()
+    monkeypatch.setenv("WARM_INIT_DIR", str(inits))
+    svc = deploy(client, "inits", warm_fns.init_pid, warm_fns.record_init,
+                 outputs={"y": str})
+    resp = svc.batch(rows(200, 0.0), parallel_count=2).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    pairs = {tuple(map(int, resp.execution(i).outputs["y"].split(":"))) for i in range(200)}
+    assert all(init == pid for init, pid in pairs)  # each worker ran its own init
+    ran = {int(p.name) for p in inits.iterdir()}
+    # Only workers ran it (one that started as the last rows went may have scored none).
+    assert {pid for _, pid in pairs} <= ran <= set(started(store, resp.execution_id))
+    assert zygote._CLIENT.proc.pid not in ran  # noqa: SLF001
+
+
+def test_no_state_of_the_test_process_leaks_into_a_worker(client, monkeypatch):
+    svc = deploy(client, "leak", warm_fns.read_state, outputs={"y": str})
+    monkeypatch.setattr(warm_state, "VALUE", "set in the test process after import")
+    resp = svc.batch(rows(3), parallel_count=2).start().wait(60)
+    assert [resp.execution(i).outputs["y"] for i in range(3)] == ["fresh"] * 3
+
+
+@template
+def test_the_owners_environment_of_the_moment_reaches_forked_workers(client, monkeypatch):
+    svc = deploy(client, "env", warm_fns.init_pid, warm_fns.record_init, outputs={"y": str})
+    svc.batch(rows(1), parallel_count=1).start().wait(60)  # the template is up
+    folder = Path(os.environ["LOCALBATCH_HOME"]).parent / "late-inits"
+    folder.mkdir()
+    monkeypatch.setenv("WARM_INIT_DIR", str(folder))  # set after the template started
+    pool.WORKER_POOL.close()
+    assert svc.batch(rows(1), parallel_count=1).start().wait(60).state == "Complete"
+    assert len(list(folder.iterdir())) == 1
+
+
+SCRIPT = """
+import pandas as pd
+from localbatch import DeployClient
+
+def double(a, b):
+    return a * 2.0
+
+client = DeployClient({store!r})
+svc = (client.service("guardless").version("1.0").code_fn(double)
+       .inputs(a=float, b=float).outputs(y=float).deploy())
+resp = svc.batch(pd.DataFrame({{"a": [1.0, 2.0, 3.0], "b": [0.0] * 3}}),
+                 parallel_count=10).start().wait(60)
+print("RESULT", resp.state, resp.to_frame()["y"].tolist(), client.start_method)
+"""
+
+
+@pytest.mark.parametrize("start_method", [None, "spawn"])
+def test_a_script_without_a_main_guard_works(tmp_path, start_method):
+    script = tmp_path / "guardless.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(store=str(tmp_path / "store"))))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LOCALBATCH_START_METHOD", None)
+    if start_method:
+        env["LOCALBATCH_START_METHOD"] = start_method
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    want = start_method or pool.DEFAULT_START_METHOD
+    assert f"RESULT Complete [2.0, 4.0, 6.0] {want}" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.count("RESULT") == 1  # the script ran once: no worker imported it
+
+
+# -- replacement -------------------------------------------------------------------------
+
+
+def test_a_retired_worker_is_replaced_and_costs_no_attempt(client, store):
+    svc = deploy(client, "retire", warm_fns.retire_after_row_zero)
+    resp = svc.batch(rows(40), parallel_count=1).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+    assert [resp.execution(i).attempts for i in range(40)] == [1] * 40
+    assert resp.to_frame()["y"].tolist() == [float(i) for i in range(40)]
+    log = (store / "executions" / resp.execution_id / "execution.log").read_text()
+    assert "retired" in log and len(started(store, resp.execution_id)) == 2
+
+
+def test_a_killed_idle_worker_is_replaced_and_costs_no_attempt(client, store):
+    svc = deploy(client, "killed", warm_fns.nap)
+    first = svc.batch(rows(5), parallel_count=1).start().wait(60)
+    (pid,) = started(store, first.execution_id)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not psutil.pid_exists(pid) or
+                    psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    resp = svc.batch(rows(20), parallel_count=1).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    assert [resp.execution(i).attempts for i in range(20)] == [1] * 20
+    assert pid not in started(store, resp.execution_id)
