@@ -39,6 +39,7 @@ import numpy as np
 
 from .._format.chunk import ChunkResult
 from .._store.registry import ServiceRecord
+from .._workers.isolation import RETIRED_EXIT
 from .._workers.pool import WORKER_POOL, start_worker, warm_template
 from .._workers.process import WorkerProcess, describe_exit
 from .._workers.protocol import ChunkDone, InitError, Message, Ready, RunChunk
@@ -53,6 +54,9 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 CPU_BOUND = 0.6
 #: The shortest window the busy share is measured over.
 BUSY_WINDOW = 0.2
+#: A worker whose current chunk has run this long is busy: more would help the rows that
+#: wait (a forked worker starts in ~12 ms; rows that finish sooner need no other worker).
+BUSY_AFTER = 0.05
 #: A vectorised service's first chunk (one call of an OLS predict: ~10 ms).
 VECTOR_FIRST_CHUNK = 10_000
 
@@ -166,8 +170,10 @@ class LocalSupervisor(Supervisor):
         starting = sum(1 for w in self._workers if not w.ready)
         if starting >= max(1, n - starting):
             return  # at most doubling per round of starts
-        if any(len(self._inflight.get(w.pid, [])) < IN_FLIGHT for w in self._workers
-               if w.ready):
+        now = time.monotonic()
+        if any(len(self._inflight.get(w.pid, [])) < IN_FLIGHT
+               or now - self._inflight[w.pid][0].sent < BUSY_AFTER
+               for w in self._workers if w.ready):
             return
         if not self._work_waiting():
             return
@@ -260,7 +266,8 @@ class LocalSupervisor(Supervisor):
         chunks = self._inflight.pop(w.pid, [])
         self._workers.remove(w)
         self._sched.pop(w.pid, None)
-        if reason is None and current is None and w.exitcode == 0 and w.ready:
+        if reason is None and current is None and w.ready and (
+                w.retiring is not None or w.exitcode in (0, RETIRED_EXIT)):
             return self._on_retired(w, chunks)
         why = reason or describe_exit(w.exitcode)
         self.log.warning("worker %d ended: %s (row %s; %d rows in flight)", w.pid, why,
@@ -304,6 +311,10 @@ class LocalSupervisor(Supervisor):
             # of 8 rows would time the call, not the rows, and keep chunks small.
             remaining = self.committer.total - self.committer.completed_count
             return max(1, min(VECTOR_FIRST_CHUNK, -(-remaining // (2 * max(1, self._slots())))))
+        if self._row_seconds is None:
+            # Until a row's time is known, one row a chunk: a chunk of several would
+            # lock slow rows into one worker's pipeline, where no new worker can reach them.
+            return 1
         return super()._chunk_size()
 
     def _dispatch(self) -> None:

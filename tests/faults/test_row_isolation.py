@@ -12,6 +12,7 @@ batch on the same warm worker pool succeeds in full.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pandas as pd
@@ -131,15 +132,17 @@ def test_leftover_thread_retires_the_worker_and_charges_no_row(client, store, fa
     svc, resp = run_hazard(client, store, monkeypatch, "thread", 400, [3, 200])
     records = assert_all_good(store, resp, 400, noted=(3, 200))
     pids = [records[i][1] for i in range(400)]
-    assert len(set(pids)) >= 3, "the worker was not replaced after each bad row"
-    assert pids[4] != pids[3] or pids[3] != pids[200]
+    # The worker of row 3 retired within the batch; the one of row 200 retires at the end
+    # of its chunk (which may be the batch's last): neither runs the next batch's rows.
+    assert len(set(pids)) >= 2, "the worker was not replaced after the bad row"
     log = (store / "executions" / resp.execution_id / "execution.log").read_text()
-    assert "worker retired" in log
+    assert re.search(r"worker \d+ retired", log), log
     bad = resp.execution(3).console_output
     assert "left 1 non-daemon thread(s) running (iso-left)" in bad
     again = svc.batch(frame(50), parallel_count=1).start().wait(timeout=60)
-    assert_all_good(store, again, 50, noted=(3,))
-    for pid in set(pids):
+    later = assert_all_good(store, again, 50, noted=(3,))
+    assert not {later[i][1] for i in range(50)} & {pids[3], pids[200]}
+    for pid in {pids[3], pids[200]}:  # a worker no bad row ran on stays warm
         deadline = time.monotonic() + 5
         while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
             assert time.monotonic() < deadline, f"retired worker {pid} still running"
