@@ -131,7 +131,9 @@ class MLServer(Operationalization):
         """The ``Service`` of ``name`` (``version=None``: the most recently published)."""
         version = opts.pop("version", None)
         _no_extra(opts, "get_service")
-        return Service(self._warm(self._find(name, version)), self._executions)
+        # Not warmed here: getting (or listing) a service never unpickles its code, in this
+        # process or another; its first batch warms the template (deploy did already).
+        return Service(self._find(name, version), self._executions)
 
     def _find(self, name: str, version: str | None = None) -> Any:
         """The registry's record; not found says what is there (close names, versions)."""

@@ -242,8 +242,8 @@ def test_execution_log_has_worker_events_not_rows(add_svc, store):
     batch.wait(30)
     log = (_folder(store, batch) / "execution.log").read_text()
     lines = log.splitlines()
-    started = re.findall(r"worker (\d+) started \(spawn\)", log)
-    assert len(started) == 2 and all(int(p) > 0 for p in started)
+    started = re.findall(r"worker (\d+) started \((?:spawn|forkserver)\)", log)
+    assert 1 <= len(started) <= 2 and all(int(p) > 0 for p in started)  # on demand, <= 2
     assert any("batch complete" in line for line in lines)
     assert len(lines) < 15, log
 

@@ -54,7 +54,7 @@ def get_engine(engine: Any) -> Engine:
 
 
 def warm_service(engine: Engine, record: ServiceRecord, start_method: str) -> None:
-    """Start loading a service where its batches will run, ahead of need (deploy(),
-    get_service()): the local engine's warm template; nothing for the others."""
+    """Start loading a service where its batches will run, ahead of need (at deploy();
+    get_service() never loads code): the local engine's warm template; nothing for the others."""
     if isinstance(engine, LocalEngine):
         warm(record, start_method)
