@@ -52,6 +52,13 @@ def started(store: Path, execution_id: str) -> list[int]:
     return [int(p) for p in re.findall(r"worker (\d+) started", log)]
 
 
+def descendants_but_template() -> list[psutil.Process]:
+    server = zygote._CLIENT  # noqa: SLF001 - the test looks at the live template
+    template = server.proc.pid if server is not None and server.alive() else None
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.pid != template and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def live_workers() -> list[psutil.Process]:
     """This process's worker processes: the template's children and spawned workers."""
     server = zygote._CLIENT  # noqa: SLF001 - the test looks at the live template
@@ -109,6 +116,8 @@ def test_live_workers_stay_bounded_however_many_services_a_process_deploys(clien
         resp = svc.batch(rows(32), parallel_count=10).start().wait(60)
         assert resp.state == "Complete"
         assert len(live_workers()) <= pool.MAX_IDLE
+        # Every process below this one but the template: workers and their keepers.
+        assert len(descendants_but_template()) <= 2 * CORES
     assert pool.WORKER_POOL.idle_count() <= pool.MAX_IDLE
 
 

@@ -6,9 +6,11 @@ or timeout kill never touches another batch's rows. At exit every idle worker
 is stopped, then the fork server, then the boards' folder is removed.
 
 The number of idle workers is bounded however many services a process deploys
-(a test suite deploys one per test): at most :data:`MAX_IDLE` (2 × cores), or
-as many as the two services handed back last keep, whichever is more; the least
-recently used ones of other services go first. Workers start through
+(a test suite deploys one per test): at most :data:`MAX_IDLE` (one per core: each
+is two processes, the worker and its keeper), or as many as the service handed back
+last keeps, whichever is more; the least recently used ones of other services go
+first. A worker forked from the template starts in ~12 ms, so a service that lost its
+idle workers pays little. Workers start through
 :func:`start_worker`, which has the warm template (:mod:`.zygote`) load the
 service first when they are forked from it. ``close()`` (a client closing, a
 test ending) stops idle workers but keeps the template: the next test of a
@@ -40,11 +42,12 @@ IDLE_TIMEOUT = float(os.environ.get("LOCALBATCH_IDLE_TIMEOUT", "60"))
 #: busy cores), a first batch with parallel_count=10 takes 1.2-1.6 s forked from the
 #: template, 2-4 s with spawned workers (bench/compare.py --only first_batch).
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
-#: Idle workers kept across services (the two services handed back last may keep more).
-MAX_IDLE = 2 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                else os.cpu_count() or 1)
-#: Services whose idle workers are all kept (two used in turn keep theirs warm).
-KEEP_SERVICES = 2
+#: Idle workers kept across services (the service handed back last may keep more):
+#: one per core, so live worker processes (worker + keeper) stay <= 2 x cores.
+MAX_IDLE = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
+#: Services whose idle workers are all kept.
+KEEP_SERVICES = 1
 
 
 class WorkerPool:
