@@ -171,7 +171,7 @@ class LocalSupervisor(Supervisor):
         if starting >= max(1, n - starting):
             return  # at most doubling per round of starts
         now = time.monotonic()
-        if any(len(self._inflight.get(w.pid, [])) < IN_FLIGHT
+        if any(len(self._inflight.get(w.pid, [])) < self._depth()
                or now - self._inflight[w.pid][0].sent < BUSY_AFTER
                for w in self._workers if w.ready):
             return
@@ -311,18 +311,20 @@ class LocalSupervisor(Supervisor):
             # of 8 rows would time the call, not the rows, and keep chunks small.
             remaining = self.committer.total - self.committer.completed_count
             return max(1, min(VECTOR_FIRST_CHUNK, -(-remaining // (2 * max(1, self._slots())))))
-        if self._row_seconds is None:
-            # Until a row's time is known, one row a chunk: a chunk of several would
-            # lock slow rows into one worker's pipeline, where no new worker can reach them.
-            return 1
         return super()._chunk_size()
+
+    def _depth(self) -> int:
+        """Chunks sent ahead to a worker: none until a row's time is known, for a chunk
+        sent ahead is locked into that worker's pipeline, where a new worker cannot
+        reach its rows (a few slow rows would otherwise run one after the other)."""
+        return IN_FLIGHT if self._row_seconds is not None else 1
 
     def _dispatch(self) -> None:
         for w in list(self._workers):
             if not w.ready or w.dead:
                 continue
             chunks = self._inflight.setdefault(w.pid, [])
-            while len(chunks) < IN_FLIGHT:
+            while len(chunks) < self._depth():
                 chunk = self._next_chunk()
                 if chunk is None:
                     return
