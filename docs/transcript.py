@@ -1,7 +1,6 @@
 """Regenerate the command-line transcript in docs/cli.md by running it for real.
 
     python docs/transcript.py            # rewrites the block between the markers
-    python docs/transcript.py --all      # also the commands of features still to merge
 
 Every command below runs in a scratch copy of ``examples/`` on a fresh store
 (``LOCALBATCH_HOME`` in that folder), in a pseudo-terminal 100 columns wide (so the
@@ -71,9 +70,6 @@ COMMANDS: list[tuple[str, str | None]] = [
     ("localbatch prune --older-than 0s --dry-run", None),
 ]
 
-#: Commands of features that other branches add (Step 10's verify/gc, Step 12's --keep):
-#: left out unless ``--all``; after the merge, run with ``--all`` and drop this filter.
-PENDING = ("--keep", "keyed.parquet", "localbatch verify", "localbatch gc")
 
 _EXECUTION = re.compile(r"^execution ([0-9a-f]{32})", re.M)
 _PLACEHOLDER = re.compile(r"\{(\w+)(?::(\d+))?\}")
@@ -104,7 +100,7 @@ def _run(command: str, cwd: Path, env: dict[str, str]) -> tuple[str, int]:
     return _screen(proc.stdout.decode()), proc.returncode
 
 
-def transcript(everything: bool) -> str:
+def transcript() -> str:
     with tempfile.TemporaryDirectory(prefix="localbatch-demo-") as tmp:
         cwd = Path(tmp)
         shutil.copytree(ROOT / "examples", cwd / "examples",
@@ -114,8 +110,6 @@ def transcript(everything: bool) -> str:
         ids: dict[str, str] = {}
         out = ["$ export LOCALBATCH_HOME=$PWD/store        # a fresh store for this session"]
         for template, name in COMMANDS:
-            if not everything and any(p in template for p in PENDING):
-                continue
             command = _fill(template, ids)
             text, status = _run(command, cwd, env)
             out.append(f"\n$ {command}")
@@ -135,7 +129,7 @@ def main() -> None:
     page = CLI_PAGE.read_text()
     head, rest = page.split(START)
     _, tail = rest.split(END)
-    block = f"{START}\n```console\n{transcript('--all' in sys.argv)}\n```\n{END}"
+    block = f"{START}\n```console\n{transcript()}\n```\n{END}"
     CLI_PAGE.write_text(head + block + tail)
     print(f"rewrote the transcript in {CLI_PAGE.relative_to(ROOT)}", file=sys.stderr)
 

@@ -42,8 +42,11 @@ def det(a, b):
 def _killer(stop: threading.Event, rng: random.Random, kills: list[int], mean: float) -> None:
     me = psutil.Process()
     while not stop.wait(rng.expovariate(1 / mean)):
-        workers = [p for p in me.children(recursive=True) if "--zygote" not in " ".join(
-            _cmd(p)) and "localbatch._workers" in " ".join(_cmd(p))]
+        # Workers and their keepers (forked ones carry the template's command line);
+        # not the template itself, this process's child.
+        workers = [p for p in me.children(recursive=True)
+                   if "localbatch._workers" in " ".join(_cmd(p))
+                   and not ("--zygote" in " ".join(_cmd(p)) and _parent(p) == me.pid)]
         if workers:
             victim = rng.choice(workers)
             try:
@@ -51,6 +54,13 @@ def _killer(stop: threading.Event, rng: random.Random, kills: list[int], mean: f
                 kills.append(victim.pid)
             except ProcessLookupError:
                 pass
+
+
+def _parent(p: psutil.Process) -> int | None:
+    try:
+        return p.ppid()
+    except psutil.Error:
+        return None
 
 
 def _cmd(p: psutil.Process) -> list[str]:
