@@ -130,16 +130,9 @@ def live_counts(client: DeployClient, header: dict[str, Any]) -> tuple[int, int]
     done, failed = int(header.get("completed") or 0), int(header.get("failed") or 0)
     if header.get("retried_with") is not None:
         return done, failed
-    store = executions_of(client).store
-    eid, total = header["execution_id"], int(header["total"])
-    row_map = store.row_map(eid, total)
-    bad = 0
-    for k, name in enumerate(row_map.parts):
-        part = store.read_part(eid, name)
-        index = part.column("index").buffers["values"]
-        latest = row_map.part_of[index] == k
-        bad += int((~part.column("error_type").buffers["mask"][latest]).sum())
-    return max(done, int((row_map.part_of >= 0).sum())), max(failed, bad)
+    recorded, bad = executions_of(client).store.recorded_counts(header["execution_id"],
+                                                                int(header["total"]))
+    return max(done, recorded), max(failed, bad)
 
 
 def owner_alive(client: DeployClient, execution_id: str) -> bool:

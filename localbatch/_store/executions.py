@@ -514,18 +514,23 @@ class ExecutionStore:
                 self._reopen_header(execution_id, moved)
         return moved
 
-    def _reopen_header(self, execution_id: str, moved: list[str]) -> None:
-        """Counters recounted without the moved parts; an ended run is resumable."""
-        header = self.read_header(execution_id)
-        row_map = self.row_map(execution_id, int(header["total"]))
-        latest = row_map.part_of >= 0
+    def recorded_counts(self, execution_id: str, total: int) -> tuple[int, int]:
+        """(recorded, failed) rows as the published result parts say (the latest
+        record of each row counts), whatever the header's counters say."""
+        row_map = self.row_map(execution_id, total)
         failed = 0
         for k, name in enumerate(row_map.parts):
             part = self.read_part(execution_id, name)
             index = part.column("index").buffers["values"]
-            mine = row_map.part_of[index] == k
-            failed += int((~part.column("error_type").buffers["mask"][mine]).sum())
-        header.update(completed=int(latest.sum()), failed=failed)
+            latest = row_map.part_of[index] == k
+            failed += int((~part.column("error_type").buffers["mask"][latest]).sum())
+        return int((row_map.part_of >= 0).sum()), failed
+
+    def _reopen_header(self, execution_id: str, moved: list[str]) -> None:
+        """Counters recounted without the moved parts; an ended run is resumable."""
+        header = self.read_header(execution_id)
+        completed, failed = self.recorded_counts(execution_id, int(header["total"]))
+        header.update(completed=completed, failed=failed)
         if header["state"] == ExecutionState.COMPLETE:  # no longer true; resume() finishes it
             header.update(state=ExecutionState.FAILED, resumable=True,
                           error=f"StoreCorruptedError: damaged result part(s) "

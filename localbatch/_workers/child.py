@@ -165,21 +165,11 @@ def _watch_owner(owner: int) -> None:
     def loop() -> None:
         while True:
             time.sleep(0.25)
-            if not _alive(owner):
+            if not keeper.process_exists(owner):
                 kill_tree(descendants(os.getpid()))
                 os._exit(keeper.ORPHANED_EXIT)
 
     threading.Thread(target=loop, name="localbatch-owner-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _capture_fds(scratch: str) -> int:

@@ -31,7 +31,7 @@ from typing import NoReturn
 
 from .isolation import descendants, kill_tree, set_child_subreaper, set_parent_death_signal
 
-__all__ = ["ORPHANED_EXIT", "split"]
+__all__ = ["ORPHANED_EXIT", "process_exists", "split"]
 
 #: Exit status of a keeper or worker whose owner died.
 ORPHANED_EXIT = 70
@@ -42,7 +42,7 @@ def split(owner: int, close: Callable[[], None]) -> None:
     worker. ``close`` releases in the keeper what only the worker may hold (its
     connection: the owner must see it close when the worker dies)."""
     signal.signal(signal.SIGTERM, _on_parent_death)
-    _die_with_parent(signal.SIGTERM, lambda: _alive(owner))
+    _die_with_parent(signal.SIGTERM, lambda: process_exists(owner))
     keeper = os.getpid()
     worker = os.fork()
     if worker:
@@ -61,7 +61,7 @@ def _die_with_parent(sig: int, still_ok: Callable[[], bool]) -> None:
         os._exit(ORPHANED_EXIT)
 
 
-def _alive(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
