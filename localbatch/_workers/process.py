@@ -231,7 +231,13 @@ class WorkerProcess:
         assert self.conn is not None
         if isinstance(msg, RunChunk):
             self._sent[msg.chunk_id] = msg.indices
-        send(self.conn, msg)
+        try:
+            send(self.conn, msg)
+        except OSError:
+            # Its end is closed (a broken pipe): it is exiting, as a recv() would have
+            # seen. Its status must read as what it was, not as the kill we would add.
+            self._closed_by_worker = True
+            raise
 
     def recv(self) -> Message:
         """The next message (``Ready`` marks it ready); EOFError/OSError: it is gone."""
