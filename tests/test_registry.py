@@ -211,6 +211,9 @@ def test_blob_hash_is_checked_before_unpickling(client, tmp_path: Path):
 
 
 def test_listing_and_getting_never_unpickle(client, tmp_path: Path):
+    # deploy() has the local engine's template load the service (in its own process, at
+    # once): the planting below would race with it. Inline, nothing loads ahead of need.
+    client.engine = "inline"
     rec = client.service("lazy").version("1").code_str("r = a").inputs(a=float) \
         .models(m=1).deploy()._record
     marker = tmp_path / "unpickled"
