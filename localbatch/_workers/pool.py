@@ -7,9 +7,11 @@ is stopped, then the fork server, then the boards' folder is removed.
 
 The number of idle workers is bounded however many services a process deploys
 (a test suite deploys one per test): at most :data:`MAX_IDLE` (one per core: each
-is two processes, the worker and its keeper), or as many as the service handed back
-last keeps, whichever is more; the least recently used ones of other services go
-first. A worker forked from the template starts in ~12 ms, so a service that lost its
+is two processes, the worker and its keeper), or as many as the protected services
+keep, whichever is more; the least recently used ones of other services go
+first. Protected: the service handed back last, and the one before it when it is
+used in turn (handed back more than once; a test suite's services are used once).
+A worker forked from the template starts in ~12 ms, so a service that lost its
 idle workers pays little. Workers start through
 :func:`start_worker`, which has the warm template (:mod:`.zygote`) load the
 service first when they are forked from it. ``close()`` (a client closing, a
@@ -46,8 +48,8 @@ DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "sp
 #: one per core, so live worker processes (worker + keeper) stay <= 2 x cores.
 MAX_IDLE = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1)
-#: Services whose idle workers are all kept.
-KEEP_SERVICES = 1
+#: Services whose idle workers are all kept (the last, and one used in turn with it).
+KEEP_SERVICES = 2
 
 
 class WorkerPool:
@@ -60,6 +62,8 @@ class WorkerPool:
         self._closed = False
         #: The services whose workers were handed back last, most recent first.
         self._recent: list[tuple[Any, ...]] = []
+        #: Hand-backs of the services in ``_recent`` (a service used in turn keeps workers).
+        self._uses: dict[tuple[Any, ...], int] = {}
 
     @property
     def closed(self) -> bool:
@@ -111,9 +115,14 @@ class WorkerPool:
         """Idle workers beyond the cap, least recently used first; those of the services
         handed back last (:data:`KEEP_SERVICES`) are kept whatever their number."""
         self._recent = [recent, *(k for k in self._recent if k != recent)][:KEEP_SERVICES]
-        kept = sum(len(self._idle.get(k, [])) for k in self._recent)
+        self._uses = {k: self._uses.get(k, 0) + (k == recent) for k in self._recent}
+        # The service handed back last keeps its workers; an earlier one only if it is
+        # used in turn (handed back more than once), not a test suite's service of the
+        # test before, used once.
+        protected = [k for k in self._recent if k == recent or self._uses[k] > 1]
+        kept = sum(len(self._idle.get(k, [])) for k in protected)
         cap = max(MAX_IDLE, kept)
-        others = sorted((w for key, idle in self._idle.items() if key not in self._recent
+        others = sorted((w for key, idle in self._idle.items() if key not in protected
                          for w in idle), key=lambda w: w.idle_since)
         total = sum(len(v) for v in self._idle.values())
         evicted = others[:max(0, total - cap)]
