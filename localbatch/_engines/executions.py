@@ -418,11 +418,12 @@ def _pin_revision(record: ServiceRecord, pin: Path) -> None:
 def _link_tree(src: Path, dst: Path) -> None:
     """``dst`` as a tree of hard links to ``src``'s files (a vanished one raises)."""
     dst.mkdir(mode=0o700)
-    for entry in os.scandir(src):
-        if entry.is_dir(follow_symlinks=False):
-            _link_tree(Path(entry.path), dst / entry.name)
-        elif entry.is_file(follow_symlinks=False):
-            os.link(entry.path, dst / entry.name, follow_symlinks=False)
+    with os.scandir(src) as entries:  # closed even when a file vanishes mid-walk
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _link_tree(Path(entry.path), dst / entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                os.link(entry.path, dst / entry.name, follow_symlinks=False)
 
 
 def stored_options(header: dict[str, Any], overrides: dict[str, Any]) -> BatchOptions:

@@ -346,16 +346,17 @@ def _dead_board_folders(now: float) -> list[Path]:
 def _mapped_paths() -> set[str]:
     """Every file some live process maps (the boards' owners and workers map theirs)."""
     out: set[str] = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/maps") as fh:
-                for line in fh:
-                    if BOARDS_PREFIX in line:
-                        out.add(line.split(None, 5)[-1].strip().removesuffix(" (deleted)"))
-        except OSError:
-            continue  # exited meanwhile, or not ours to read
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/maps") as fh:
+                    for line in fh:
+                        if BOARDS_PREFIX in line:
+                            out.add(line.split(None, 5)[-1].strip().removesuffix(" (deleted)"))
+            except OSError:
+                continue  # exited meanwhile, or not ours to read
     return out
 
 
