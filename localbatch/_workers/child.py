@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 
 from . import keeper
 from .board import Board
+from .capture import FdCapture
 from .isolation import (
     RETIRED_EXIT,
     RowGuard,
@@ -79,11 +80,11 @@ def serve(conn: Connection, board_path: str | None, owner: int) -> None:
     scratch = tempfile.mkdtemp(prefix="localbatch-worker-")
     os.environ["LOCALBATCH_SCRATCH"] = scratch
     os.chdir(scratch)
-    cap_fd = _capture_fds(scratch)
+    cap = _capture_fds(scratch)
     board = Board(board_path)
     code = 0
     try:
-        code = _serve_loop(conn, board, cap_fd, scratch)
+        code = _serve_loop(conn, board, cap, scratch)
     finally:
         kill_tree(descendants(os.getpid()))
         shutil.rmtree(scratch, ignore_errors=True)
@@ -91,14 +92,14 @@ def serve(conn: Connection, board_path: str | None, owner: int) -> None:
         os._exit(code)  # not sys.exit: a thread a row left must not keep us alive
 
 
-def _serve_loop(conn: Connection, board: Board, cap_fd: int, scratch: str) -> int:
+def _serve_loop(conn: Connection, board: Board, cap: FdCapture, scratch: str) -> int:
     """Chunks until ``Stop`` or EOF (0), or until a row left the worker unrestorable."""
     runtime = _initialize(conn)
     if runtime is None:
         return 0
     inbox = _drain(conn)
     # The baseline every row is restored to: after init, with our own threads running.
-    guard = runtime.guard = RowGuard(scratch, cap_fd, vital=(conn.fileno(), cap_fd))
+    guard = runtime.guard = RowGuard(scratch, vital=(conn.fileno(), cap.fd))
     while True:
         data = inbox.get()
         if data is None:
@@ -107,7 +108,7 @@ def _serve_loop(conn: Connection, board: Board, cap_fd: int, scratch: str) -> in
         if not isinstance(msg, RunChunk):
             return 0  # Stop
         try:
-            result = runtime.run_rows(msg.indices, msg.columns, board, cap_fd, msg.chunk_id)
+            result = runtime.run_rows(msg.indices, msg.columns, board, cap, msg.chunk_id)
         except Exception as exc:
             # A failure of localbatch's own code around the rows (not of the user's):
             # record it on every row of the chunk rather than die unexplained, and
@@ -172,25 +173,24 @@ def _watch_owner(owner: int) -> None:
     threading.Thread(target=loop, name="localbatch-owner-watch", daemon=True).start()
 
 
-def _capture_fds(scratch: str) -> int:
+def _capture_fds(scratch: str) -> FdCapture:
     """Send fd 1 and 2 (C-level writes, child processes) to a file we can attribute.
 
     Nothing may sit in a buffer across rows, or it lands on a later row: C's
     ``stdout`` is made unbuffered and Python's ``sys.stdout``/``sys.stderr``
     write through (rows print to their console object, not to these).
     """
-    fd = os.open(os.path.join(scratch, "console.capture"), os.O_RDWR | os.O_CREAT |
-                 os.O_APPEND | os.O_TRUNC, 0o600)
+    cap = FdCapture(os.path.join(scratch, "console.capture"))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    os.dup2(cap.fd, 1)
+    os.dup2(cap.fd, 2)
     _unbuffer_c_stdout()
     # Kept: collecting the interpreter's own stream objects would close fds 1 and 2.
     _REPLACED.extend([sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__])
     sys.stdout = sys.__stdout__ = _write_through(1)
     sys.stderr = sys.__stderr__ = _write_through(2)
-    return fd
+    return cap
 
 
 _REPLACED: list[object] = []

@@ -9,8 +9,9 @@ Dask tasks) and in the caller's process (the inline engine).
 While a chunk runs, each row's start time is written to the worker's
 :class:`~.board.Board` just before the row is called: that names the running
 row for crash attribution, times every row, and tells console writes which row
-they belong to. fd-level output (C code, ``os.write``, child processes) is read
-off the worker's capture file after every row, so it too belongs to its row.
+they belong to. fd-level output (C code, ``os.write``, child processes) goes to
+the worker's capture file (see :mod:`.capture`), read after every row that
+wrote to it, so it too belongs to its row.
 
 In a worker, a :class:`~.isolation.RowGuard` undoes what a row did to the
 process before the next row runs (its working folder, cwd, fds 0-2, signal
@@ -39,6 +40,7 @@ from .._format.chunk import ChunkResult, RowError
 from .._format.columns import encode_column, kind_for_encoding
 from .._schema import EncodingType
 from .board import Board
+from .capture import FILL, FdCapture
 from .isolation import RowGuard
 from .loading import Call, load_callable
 from .outputs import encode_outputs, python_values
@@ -89,29 +91,39 @@ class _RowConsole(io.TextIOBase):
 class _Loop:
     """What a chunk's row loop fills in, and the fd-level output given to each row.
 
-    fd 1 and 2 of a worker write to one file (``cap_fd``, opened ``O_APPEND``);
-    its end is read after every row (an ``lseek``: ~0.2 us), so what a row wrote
-    there (C code, ``os.write``, its child processes) is that row's, exactly.
+    fd 1 and 2 of a worker write to one capture file (see :mod:`.capture`): whether
+    a row wrote there is read off a shared map after every row (~25 ns), so what a
+    row wrote (C code, ``os.write``, its child processes) is that row's, exactly.
     """
 
     def __init__(self, rets: list[Any], errors: dict[int, RowError], started: Any,
-                 console: _RowConsole, cap_fd: int | None, fd_text: dict[int, str]) -> None:
+                 console: _RowConsole, cap: FdCapture | None, fd_text: dict[int, str]) -> None:
         self.rets, self.errors, self.started, self.console = rets, errors, started, console
         self.fd_text = fd_text
         self.retire_noted = False
-        self.cap_fd = cap_fd
-        # Moving the offset of an O_APPEND file is harmless: every write goes to its end.
-        #: Where the capture file ended after the last row.
-        self.pos = 0 if cap_fd is None else os.lseek(cap_fd, 0, os.SEEK_END)
+        self.cap = cap
+        #: The last row given fd output (what the map did not show came after it).
+        self.last_fd_row = -1
+        if cap is not None:
+            cap.begin()
 
     def fd_output(self, k: int) -> None:
         """What row ``k`` wrote to fd 1 and 2 (read just after it)."""
-        if self.cap_fd is None:
-            return
-        end = os.lseek(self.cap_fd, 0, os.SEEK_END)
-        if end != self.pos:
-            self.fd_text[k] = self.fd_text.get(k, "") + _read_fd(self.cap_fd, self.pos, end)
-            self.pos = end
+        text = self.cap.take() if self.cap is not None else ""
+        if text:
+            self.fd_text[k] = self.fd_text.get(k, "") + text
+            self.last_fd_row = k
+
+    def settle(self, indices: Sequence[int]) -> None:
+        """fd output the map could not show (see :meth:`.FdCapture.settle`): given to the
+        chunk's last row, naming the rows it came from."""
+        text = self.cap.settle() if self.cap is not None else ""
+        if text:
+            first, last = int(indices[self.last_fd_row + 1]), int(indices[-1])
+            k = len(indices) - 1
+            self.fd_text[k] = self.fd_text.get(k, "") + (
+                f"[localbatch: written to fd 1 or 2 by one of rows {first}-{last}, in output "
+                f"that began with byte 0xFF; from now on every row is checked]\n{text}")
 
     def note(self, k: int, guard: RowGuard) -> None:
         """Tell row ``k``'s console when it made the worker retire (once)."""
@@ -154,21 +166,21 @@ class Runtime:
     # rows -----------------------------------------------------------------
 
     def run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
-                 board: Board | None = None, cap_fd: int | None = None,
+                 board: Board | None = None, cap: FdCapture | None = None,
                  chunk_id: int = 0) -> ChunkResult:
         """Score rows; every user failure becomes that row's error, never an exception.
 
         Returns a :class:`~localbatch._format.chunk.ChunkResult` (its ``errors`` and
         ``console`` are None when no row failed / printed: read them with ``per_row``).
-        ``cap_fd`` is the file fd 1 and 2 write to in a worker process (output of C
+        ``cap`` is the file fd 1 and 2 write to in a worker process (output of C
         code and child processes): that output is given to rows too.
         """
         board = board or self._own_board()
         board.begin(chunk_id, len(indices))
         try:
             if self.manifest.get("vectorized"):
-                return self._guarded(lambda: self._run_vectorized(indices, columns, board))
-            return self._run_rows(indices, columns, board, cap_fd)
+                return self._guarded(lambda: self._run_vectorized(indices, columns, board, cap))
+            return self._run_rows(indices, columns, board, cap)
         finally:
             board.end()
 
@@ -188,7 +200,7 @@ class Runtime:
         return self._board
 
     def _run_rows(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
-                  board: Board, cap_fd: int | None) -> ChunkResult:
+                  board: Board, cap: FdCapture | None) -> ChunkResult:
         n = len(indices)
         cols = [python_values(columns[name]) for name, _ in self.inputs]
         errors: dict[int, RowError] = {}
@@ -202,7 +214,7 @@ class Runtime:
         home = os.getcwd() if guard is None else guard.home  # inline: the caller's folder
         debug = _debuggable(real_out) if self.inline else contextlib.nullcontext()
         rows = zip(*cols, strict=True) if cols else [()] * n
-        loop = _Loop(rets, errors, board.started, console, cap_fd, fd_text)
+        loop = _Loop(rets, errors, board.started, console, cap, fd_text)
         try:
             debug.__enter__()
             if guard is not None:
@@ -218,6 +230,7 @@ class Runtime:
             if guard is not None:
                 guard.after_chunk()
                 loop.note(n - 1, guard)
+                loop.settle(indices)
             elif _cwd() != home:
                 os.chdir(home)
         error_list: list[RowError | None] = [None] * n
@@ -249,7 +262,8 @@ class Runtime:
     def _loop_fast(self, rows: Any, loop: _Loop) -> None:
         """The per-row loop without a check of its own: one clock read and one store
         per row besides the call (see :class:`~.board.Board`), and in a worker the
-        checks that cost nothing (see :mod:`.isolation`; ~0.3 us a row in all)."""
+        checks that cost nothing (see :mod:`.isolation` and :mod:`.capture`; ~0.12 us a
+        row in all)."""
         fn, now = self._direct or _spread(self._call), time.time
         rets, errors, started = loop.rets, loop.errors, loop.started
         guard = self.guard
@@ -263,7 +277,8 @@ class Runtime:
             return
         flags, console, path = guard.flags, loop.console, guard.path
         active, threads = threading._active, guard.threads  # noqa: SLF001 - a len() per row
-        lseek, cap, end = os.lseek, loop.cap_fd, loop.pos
+        cap = loop.cap
+        view, pos = (cap.view, cap.pos) if cap is not None else (_NEVER, 0)
         for k, args in enumerate(rows):
             started[k] = now()
             try:
@@ -277,10 +292,10 @@ class Runtime:
                 sys.stdout = sys.stderr = console
                 threads = guard.threads
                 guard.enter()
-            # Inline, not loop.fd_output(): a method call would double this line's cost.
-            if cap is not None and lseek(cap, 0, 2) != end:
+            # Inline, not loop.fd_output(): a method call per row would cost 2-3 times this.
+            if view[pos] != FILL:
                 loop.fd_output(k)  # after the restore: output of the children it killed too
-                end = loop.pos
+                view, pos = cap.view, cap.pos  # type: ignore[union-attr]
 
     def _loop_full(self, rows: Any, indices: Sequence[int], loop: _Loop,
                    artifacts: dict[int, Any]) -> None:
@@ -351,10 +366,13 @@ class Runtime:
         return {self.outputs[0][0]: ret}
 
     def _run_vectorized(self, indices: Sequence[int], columns: dict[str, Sequence[Any]],
-                        board: Board) -> ChunkResult:
+                        board: Board, cap: FdCapture | None) -> ChunkResult:
         """One call per chunk (see :mod:`.vectorized`)."""
         n = len(indices)
-        chunk = VectorizedChunk(self._call, self._to_outputs, self.outputs, n)
+        if cap is not None:
+            cap.begin()
+        chunk = VectorizedChunk(self._call, self._to_outputs, self.outputs, n,
+                                cap.take if cap is not None else None)
         chunk.run(indices, columns, [name for name, _ in self.inputs], board.started)
         outputs = encode_outputs(self.outputs, chunk.columns(), chunk.errors,
                                  self.limits["output_bytes"])
@@ -381,6 +399,10 @@ class Runtime:
             shutil.rmtree(work, ignore_errors=True)
 
 
+#: The capture of a process without one: nothing is ever written to it.
+_NEVER = bytes([FILL])
+
+
 def _spread(call: Call) -> Callable[..., Any]:
     return lambda *args: call(args)
 
@@ -401,10 +423,6 @@ def _truncate(text: str, cap: int) -> str:
         return text
     more = len(text) - cap
     return text[:cap] + f"\n[localbatch: console output truncated, {more} more characters]"
-
-
-def _read_fd(fd: int, start: int, end: int) -> str:
-    return os.pread(fd, end - start, start).decode("utf-8", "replace")
 
 
 def _read_artifacts(work: Path, names: list[str], cap: int) -> dict[str, bytes]:

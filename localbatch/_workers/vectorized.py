@@ -2,7 +2,8 @@
 
 The inputs arrive as pandas Series (indexed by row number) and each output comes
 back as one value per row. A call that raises is bisected until the failing rows
-are alone, so only they fail; a span's console output goes to its first row, and
+are alone, so only they fail; a span's console output (fd 1 and 2 too) goes to
+its first row, and
 the board names a span by its first row (see :class:`~.board.Board`).
 """
 
@@ -31,8 +32,11 @@ class VectorizedChunk:
     """One chunk of a vectorised service: its calls, their bisections and what they gave."""
 
     def __init__(self, call: Call, to_outputs: Callable[[Any], dict[str, Any]],
-                 outputs: list[tuple[str, EncodingType]], n: int) -> None:
+                 outputs: list[tuple[str, EncodingType]], n: int,
+                 fd_output: Callable[[], str] | None = None) -> None:
         self._call = call
+        #: What the worker's fd 1 and 2 got since the last call (see :mod:`.capture`).
+        self._fd_output = fd_output
         self._to_outputs = to_outputs
         self._encodings = dict(outputs)
         self.n = n
@@ -116,7 +120,7 @@ class VectorizedChunk:
         now = time.time()
         self.started[lo:hi] = started
         self.ended[lo:hi] = now
-        text = self.buf.getvalue()[mark:]
+        text = (self._fd_output() if self._fd_output else "") + self.buf.getvalue()[mark:]
         if text:
             self.consoles[lo] = (self.consoles[lo] or "") + text
 

@@ -142,6 +142,21 @@ def fd_writer(a, b):
     return a
 
 
+def fd_binary(a, b):
+    """Writes its own index to fd 1; row 1500 starts its output with the byte 0xFF."""
+    row = int(a)
+    os.write(1, (b"\xff" if row == 1500 else b"") + f"<o{row}>".encode())
+    return a
+
+
+def vector_fd(a, b):
+    """Vectorised: writes the first row of each call to fd 1 (and fails on row 77)."""
+    os.write(1, f"<v{int(a.iloc[0])}>".encode())
+    if 77 in set(a.astype(int)):
+        raise ValueError("row 77")
+    return a * 2 + b
+
+
 def hold_gil(a, b):
     """A catastrophic regex: holds the GIL for minutes (the owner is killed meanwhile)."""
     _note_pid(os.getpid())

@@ -213,6 +213,45 @@ def test_fd_output_is_attributed_to_its_row_beyond_the_watch_window(client, stor
     assert not wrong, dict(list(wrong.items())[:5])
 
 
+def test_fd_output_the_map_cannot_show_is_named_and_the_worker_then_checks_every_row(
+        client, store, monkeypatch):
+    """Output that begins with 0xFF leaves the capture's map unchanged (see
+    ``_workers/capture.py``): the rest of its chunk's fd output goes to the chunk's last
+    row, naming the rows it came from, and every row after that is exact again."""
+    monkeypatch.setenv("LOCALBATCH_WATCH_ROWS", "0")  # the fast loop from the first row
+    svc = deploy(client, "iso-fd-binary", isolation_fns.fd_binary)
+    # spawn: a fresh worker reads LOCALBATCH_WATCH_ROWS (a warm template read it earlier)
+    resp = svc.batch(frame(3000), parallel_count=1, start_method="spawn").start()
+    resp = resp.wait(timeout=90)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    records = row_records(store, resp.execution_id)
+    noted = [i for i, r in records.items() if r[0].startswith("[localbatch: ")]
+    assert len(noted) == 1, noted
+    last = noted[0]
+    assert records[last][0] == (
+        f"[localbatch: written to fd 1 or 2 by one of rows 1500-{last}, in output that "
+        "began with byte 0xFF; from now on every row is checked]\n\ufffd"
+        + "".join(f"<o{i}>" for i in range(1500, last + 1)))
+    assert 1500 <= last < 2999  # the rest of that chunk only
+    wrong = {i: r[0] for i, r in records.items()
+             if r[0] != ("" if 1500 <= i < last else f"<o{i}>") and i != last}
+    assert not wrong, dict(list(wrong.items())[:5])
+
+
+def test_vectorised_fd_output_goes_to_the_first_row_of_its_call(client, store):
+    svc = (client.service("iso-vector-fd").version("1").code_fn(isolation_fns.vector_fd)
+           .inputs(a=float, b=float).outputs(y=float).vectorized().deploy())
+    resp = svc.batch(frame(3000), parallel_count=1).start().wait(timeout=60)
+    assert resp.state == "Complete" and resp.failed_item_count == 1
+    records = row_records(store, resp.execution_id)
+    printed = {i: r[0] for i, r in records.items() if r[0]}
+    assert 0 in printed and 77 in printed  # the first call's, and row 77 bisected alone
+    # Each call's output is on its first row (a failed call's on the first row of the
+    # first half it is split into), whole, and nowhere else.
+    wrong = {i: text for i, text in printed.items() if not re.fullmatch(f"(<v{i}>)+", text)}
+    assert not wrong, wrong
+
+
 def test_row_error_whose_str_raises_fails_that_row_only(client, store, monkeypatch):
     monkeypatch.setenv("ISO_MODE", "none")
     svc = deploy(client, "iso-str", isolation_fns.bad_str)

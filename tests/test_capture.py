@@ -1,0 +1,94 @@
+"""The fd capture of a worker (``_workers/capture.py``): what a row writes to fd 1 and 2
+is that row's, read off a shared map without a system call per row.
+
+The property test plays chunks of rows against a real capture file: each row writes
+any number of byte strings through fd 1 and fd 2 (two fds sharing one offset, as in a
+worker), some longer than the filled window, some starting with the fill byte. After
+each row the fast loop's own check runs (``view[pos] != FILL`` and then ``take``),
+and at each chunk's end ``settle`` and ``begin``. The model says what each row must
+get: its own bytes exactly, except output that begins with ``0xFF``, which the map
+cannot show: from there to the chunk's end everything goes to ``settle`` (and from
+then on every row is checked by the kernel, so it is exact again).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from localbatch._workers.capture import AHEAD, FILL, KEEP, FdCapture
+
+FF = bytes([FILL])
+
+small = st.binary(max_size=40)
+writes = st.lists(st.one_of(
+    small, small, small, small,
+    st.binary(max_size=8).map(lambda b: FF + b),  # the fill byte first
+    st.integers(AHEAD // 2, 2 * AHEAD).map(lambda n: b"x" * n),  # beyond the window
+), max_size=3)
+chunks = st.lists(st.lists(writes, min_size=1, max_size=10), min_size=1, max_size=5)
+
+
+def play(cap: FdCapture, fds: list[int], chunk: list[list[bytes]]) -> tuple[list[str], str]:
+    """Run one chunk the way the fast loop does: (per row what it was given, settled)."""
+    cap.begin()
+    got = []
+    for k, row in enumerate(chunk):
+        for i, data in enumerate(row):
+            os.write(fds[(k + i) % len(fds)], data)
+        got.append(cap.take() if cap.view[cap.pos] != FILL else "")
+    return got, cap.settle()
+
+
+def expected(chunk: list[list[bytes]], exact: bool) -> tuple[list[str], str]:
+    """What the model says each row gets, and what settle finds."""
+    rows, missed = [], b""
+    for row in chunk:
+        data = b"".join(row)
+        if not exact and (missed or data[:1] == FF):
+            missed += data
+            rows.append("")
+        else:
+            rows.append(data.decode("utf-8", "replace"))
+    return rows, missed.decode("utf-8", "replace")
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunks)
+def test_each_row_gets_exactly_what_it_wrote(tmp_path_factory, played):
+    path = tmp_path_factory.mktemp("cap") / "console.capture"
+    cap = FdCapture(str(path))
+    fds = [cap.fd, os.dup(cap.fd)]  # fd 1 and 2 of a worker: one offset
+    try:
+        for chunk in played:
+            exact = cap.exact
+            want_rows, want_settled = expected(chunk, exact)
+            got_rows, settled = play(cap, fds, chunk)
+            assert got_rows == want_rows
+            assert settled == want_settled
+            assert cap.exact == (exact or bool(want_settled))
+    finally:
+        os.close(fds[1])
+        os.close(cap.fd)
+
+
+def test_the_file_starts_over_between_chunks_once_it_is_large(tmp_path):
+    cap = FdCapture(str(tmp_path / "console.capture"))
+    big = b"y" * (KEEP + 10)
+    got, settled = play(cap, [cap.fd], [[big], [b"after"]])
+    assert got == [big.decode(), "after"] and settled == ""
+    assert os.fstat(cap.fd).st_size > KEEP
+    got, _ = play(cap, [cap.fd], [[b"next chunk"]])
+    assert got == ["next chunk"] and os.fstat(cap.fd).st_size <= AHEAD + len("next chunk")
+
+
+def test_a_child_process_writing_to_the_inherited_fd_is_seen(tmp_path):
+    cap = FdCapture(str(tmp_path / "console.capture"))
+    subprocess.run([sys.executable, "-c", "import os; os.write(1, b'from a child')"],
+                   stdout=cap.fd, check=True)
+    assert cap.view[cap.pos] != FILL and cap.take() == "from a child"
+    assert cap.view[cap.pos] == FILL and cap.take() == ""
