@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+import numpy as np
+
 from .columns import Column
 
-__all__ = ["ChunkResult", "RowError", "failed_rows", "per_row"]
+__all__ = ["ChunkResult", "RowError", "failed_rows", "index_array", "per_row"]
 
 #: A row's failure: (exception type name, message, traceback text).
 RowError = tuple[str, str, str]
@@ -42,6 +44,13 @@ class ChunkResult(TypedDict, total=False):
     attempts: Any
     #: Added by the committer for ``retry_failed``: per row its earlier errors (JSON).
     history: list[str | None]
+
+
+def index_array(indices: Any) -> np.ndarray:
+    """A chunk's row numbers as an int64 array (a ``range`` too, without a Python int each)."""
+    if isinstance(indices, range):
+        return np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    return np.asarray(indices, np.int64)
 
 
 def per_row(result: ChunkResult, key: str) -> list[Any]:

@@ -55,6 +55,7 @@ from .protocol import (
     recv,
     row_error,
     send,
+    wire_result,
 )
 from .runtime import Runtime
 
@@ -118,7 +119,7 @@ def _serve_loop(conn: Connection, board: Board, cap: FdCapture, scratch: str) ->
         if guard.retire:
             # Said before the results, so an owner holding them knows not to reuse us.
             send(conn, Retiring("retiring", os.getpid(), guard.retire))
-        send(conn, ChunkDone("result", msg.chunk_id, result))
+        send(conn, ChunkDone("result", msg.chunk_id, wire_result(result)))
         if guard.retire:
             return RETIRED_EXIT  # idle now: the owner replaces us, no row is charged
 

@@ -52,8 +52,10 @@ from .protocol import (
     Retiring,
     RunChunk,
     Stop,
+    full_result,
     recv,
     send,
+    wire_chunk,
 )
 
 __all__ = ["START_METHODS", "WorkerLost", "WorkerProcess", "describe_exit", "on_launcher",
@@ -231,6 +233,7 @@ class WorkerProcess:
         assert self.conn is not None
         if isinstance(msg, RunChunk):
             self._sent[msg.chunk_id] = msg.indices
+            msg = wire_chunk(msg)
         try:
             send(self.conn, msg)
         except OSError:
@@ -248,7 +251,11 @@ class WorkerProcess:
             self._closed_by_worker = True
             raise
         if isinstance(msg, ChunkDone):
-            self._sent.pop(msg.chunk_id, None)
+            indices = self._sent.pop(msg.chunk_id, None)
+            if indices is None:
+                raise RuntimeError(f"worker {self.pid} sent the result of chunk {msg.chunk_id}, "
+                                   "which it was not sent")
+            msg = msg._replace(result=full_result(msg.result, indices))
         elif isinstance(msg, Ready):
             self.ready = True
         elif isinstance(msg, Retiring):

@@ -11,6 +11,12 @@
                       worker unrestorable: it exits after that result, while idle
     parent → worker   Stop("stop",)
 
+A chunk crosses the wire without what its receiver knows or can derive (see
+:func:`wire_chunk`, :func:`wire_result`, :func:`full_result`): its row numbers
+go as a ``range`` when they are consecutive, and come back not at all (the
+parent knows what it sent); end times that are the next row's start time come
+back as the last one only. For fast rows that is 24 of 57 bytes a row.
+
 Each message is a NamedTuple whose first field is its tag, so it also reads as
 a plain tuple (``msg[0] == "ready"``). On the wire it is that plain tuple,
 pickled; the receiver rebuilds the message from its tag. So the wire names no
@@ -28,7 +34,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
 
-from .._format.chunk import ChunkResult, RowError
+import numpy as np
+
+from .._format.chunk import ChunkResult, RowError, index_array
 
 __all__ = [
     "ChunkDone",
@@ -40,9 +48,12 @@ __all__ = [
     "RunChunk",
     "Stop",
     "decode",
+    "full_result",
     "recv",
     "row_error",
     "send",
+    "wire_chunk",
+    "wire_result",
 ]
 
 
@@ -131,6 +142,42 @@ def decode(data: bytes) -> Message:
 
 def recv(conn: Connection) -> Message:
     return decode(conn.recv_bytes())
+
+
+def wire_chunk(msg: RunChunk) -> RunChunk:
+    """A chunk to send: consecutive row numbers as a ``range`` (8 bytes a row less)."""
+    rows = msg.indices
+    if isinstance(rows, np.ndarray) and rows.ndim == 1 and len(rows) > 1 \
+            and rows.dtype.kind in "iu" and int(rows[-1]) - int(rows[0]) == len(rows) - 1 \
+            and bool((np.diff(rows) == 1).all()):
+        return msg._replace(indices=range(int(rows[0]), int(rows[-1]) + 1))
+    return msg
+
+
+def wire_result(result: ChunkResult) -> ChunkResult:
+    """A chunk's result to send back: no row numbers (the parent knows them), and end
+    times that are each next row's start time (the row loop's) as the last one only."""
+    out = dict(result)
+    del out["index"]
+    started, ended = out["started"], out["ended"]
+    if (isinstance(started, np.ndarray) and isinstance(ended, np.ndarray)
+            and started.dtype == ended.dtype == np.float64 and len(ended) == len(started) > 0
+            and np.array_equal(started[1:].view(np.uint64), ended[:-1].view(np.uint64))):
+        out["ended"] = float(ended[-1])
+    return out  # type: ignore[return-value]
+
+
+def full_result(result: ChunkResult, indices: Any) -> ChunkResult:
+    """A result as :func:`wire_result` sent it, whole again (``indices``: the chunk's)."""
+    result["index"] = index_array(indices)
+    last = result["ended"]
+    if isinstance(last, float):
+        started = np.asarray(result["started"], np.float64)
+        ended = np.empty(len(started))
+        ended[:-1] = started[1:]
+        ended[-1] = last
+        result["ended"] = ended
+    return result
 
 
 def row_error(exc: BaseException) -> RowError:

@@ -34,9 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .._format.chunk import ChunkResult, RowError
+from .._format.chunk import ChunkResult, RowError, index_array
 from .._format.columns import encode_column, kind_for_encoding
 from .._schema import EncodingType
 from .board import Board
@@ -242,7 +240,7 @@ class Runtime:
         consoles = self._consoles(n, fd_text, console)
         # Numeric fields go back as arrays and all-missing ones as None (see
         # ChunkResult): cheap to pickle, no per-row work for the owner.
-        return {"index": np.asarray(indices, np.int64), "started": started, "ended": ended,
+        return {"index": index_array(indices), "started": started, "ended": ended,
                 "errors": None if error_list.count(None) == n else error_list,
                 "console": consoles,
                 "outputs": outputs, "artifacts": artifacts, "pid": os.getpid()}
@@ -255,7 +253,7 @@ class Runtime:
                  "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         outputs = {name: encode_column(kind_for_encoding(enc.value), [None] * n)
                    for name, enc in self.outputs}
-        return {"index": np.asarray(indices, np.int64), "started": [now] * n, "ended": [now] * n,
+        return {"index": index_array(indices), "started": [now] * n, "ended": [now] * n,
                 "errors": [error] * n, "console": [None] * n, "outputs": outputs,
                 "artifacts": {}, "pid": os.getpid()}
 
@@ -376,7 +374,7 @@ class Runtime:
         chunk.run(indices, columns, [name for name, _ in self.inputs], board.started)
         outputs = encode_outputs(self.outputs, chunk.columns(), chunk.errors,
                                  self.limits["output_bytes"])
-        return {"index": np.asarray(indices, np.int64), "started": chunk.started,
+        return {"index": index_array(indices), "started": chunk.started,
                 "ended": chunk.ended,
                 "errors": None if chunk.errors.count(None) == n else chunk.errors,
                 "console": None if chunk.consoles.count(None) == n else chunk.consoles,

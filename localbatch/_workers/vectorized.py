@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._format.chunk import RowError
+from .._format.chunk import RowError, index_array
 from .._schema import EncodingType
 from .loading import Call
 from .protocol import row_error
@@ -54,7 +54,7 @@ class VectorizedChunk:
         board's row start times."""
         import pandas as pd  # vectorised services take Series: only they pay for pandas
 
-        index = pd.Index(np.asarray(indices, np.int64))
+        index = pd.Index(index_array(indices))
         series = [pd.Series(columns[name], index=index, name=name) for name in inputs]
         real_out, real_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = self.buf
