@@ -130,6 +130,36 @@ def test_idle_workers_are_reaped(client, monkeypatch):
     assert svc.batch(rows(3), parallel_count=3).start().wait(60).state == "Complete"
 
 
+def test_two_services_used_in_turn_keep_their_workers_and_a_one_use_service_does_not(client):
+    """The idle cap's protection: the service handed back before the last keeps its
+    workers only when it is used in turn (two services alternating), so a test suite's
+    one-use services still leave at most the cap. Real workers, leased and handed back
+    as a batch does; over the cap on purpose (3 each, the cap is one per core)."""
+    n = pool.MAX_IDLE + 1
+    keys = {name: (str(deploy(client, name, warm_fns.nap)._record.path),  # noqa: SLF001
+                   pool.DEFAULT_START_METHOD, ()) for name in ("turn-a", "turn-b", "once")}
+
+    def batch(name: str) -> set[int]:
+        """What a batch does with its workers: lease the idle ones, start the rest,
+        hand them all back at the end."""
+        key = keys[name]
+        workers = pool.WORKER_POOL.take_idle(key, n)
+        workers += [pool.start_worker(key, key[1], {"path": key[0]}, None)
+                    for _ in range(n - len(workers))]
+        pool.WORKER_POOL.give_back(workers)
+        return {w.pid for w in workers}
+
+    batch("turn-a")
+    batch("turn-b")  # turn-a was used once: over the cap, its workers go
+    a = batch("turn-a")
+    b = batch("turn-b")  # both used in turn now: both keep theirs
+    assert batch("turn-a") == a and batch("turn-b") == b
+    assert pool.WORKER_POOL.idle_count() == 2 * n > pool.MAX_IDLE
+    batch("once")  # a new service: turn-a is no longer among the last two handed back
+    assert pool.WORKER_POOL.idle_count(keys["turn-a"]) == 0
+    assert pool.WORKER_POOL.idle_count(keys["turn-b"]) == n
+
+
 # -- the template ----------------------------------------------------------------------
 
 
