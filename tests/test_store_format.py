@@ -274,3 +274,25 @@ def test_execution_log_records_a_cancel(client, store, tmp_path):
     batch.cancel()
     log = (_folder(store, batch) / "execution.log").read_text()
     assert "canceled" in log.lower()
+
+
+def test_parts_kept_in_memory_stay_within_their_byte_bound(tmp_path: Path, monkeypatch):
+    """The parts a process wrote or read are cached up to PART_CACHE_BYTES, least
+    recently used out first; what is out of the cache is read from its file."""
+    import numpy as np
+
+    from localbatch._format.columns import encode_column
+    from localbatch._store import executions
+
+    monkeypatch.setattr(executions, "PART_CACHE_BYTES", 20_000)
+    store = executions.ExecutionStore(tmp_path)
+    folder = tmp_path / "executions" / "e1" / "results"
+    folder.mkdir(parents=True)
+    for seq in range(20):  # ~8 KB each
+        values = np.arange(seq * 1000, (seq + 1) * 1000, dtype=np.float64)
+        store.write_part(folder, seq, {"y": encode_column("float", values)}, 1000)
+        assert store._cached_bytes <= 20_000  # noqa: SLF001 - the bound itself
+    for seq in (0, 19):  # evicted long ago, and the last written
+        part = store.read_part("e1", f"part-{seq:06d}.lbp")
+        assert part.column("y").buffers["values"][0] == seq * 1000
+    assert store._cached_bytes <= 20_000  # noqa: SLF001

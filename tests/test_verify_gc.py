@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from faults import integrityfns  # tests/ is on sys.path (conftest)
 
-from localbatch import DeployClient
+from localbatch import DeployClient, StoreCorruptedError
 from localbatch._cli import main
 from localbatch._store.fsutil import write_json
 from localbatch._store.maintenance import gc_store
@@ -171,3 +171,34 @@ def test_verify_notes_files_others_may_read_without_calling_them_damaged(finishe
     assert not note.damaged and note.path.startswith(str(header)) and "go-rwx" in note.problem
     assert main(["--store", str(root), "verify"]) == 0
     assert "intact (1 note(s))" in capsys.readouterr().out
+
+
+def test_a_part_damaged_after_it_was_written_is_found_by_every_check_that_reads_files(
+        finished):
+    """This process keeps the parts it wrote in memory (a to_frame() right after a batch
+    reads none of them back): its reads keep giving the values it wrote, never wrong
+    ones, while verify, a reader in another client and resume read the file."""
+    root, client, eid = finished
+
+    def from_another_client():
+        other = DeployClient(str(root), engine="inline")
+        try:
+            return other.get_service("fz", version="1").get_batch(eid).results().to_frame()
+        finally:
+            other.close()
+
+    before = from_another_client()
+    batch = client.get_service("fz", version="1").get_batch(eid)
+    part = root / "executions" / eid / "results" / "part-000000.lbp"
+    data = bytearray(part.read_bytes())
+    data[-3] ^= 0xFF
+    part.write_bytes(bytes(data))
+    # Never read back since this process wrote it: the values as written.
+    pd.testing.assert_frame_equal(batch.results().to_frame(), before)
+    assert [f.path for f in client.verify(eid)] == [str(part)]
+    with pytest.raises(StoreCorruptedError, match="part-000000.lbp"):
+        from_another_client()
+    resumed = batch.resume().wait(60)  # the same process: it moves the damaged part aside
+    assert resumed.state == "Complete"
+    assert (part.parent / "part-000000.lbp.corrupt").exists()
+    pd.testing.assert_frame_equal(resumed.to_frame(), before)

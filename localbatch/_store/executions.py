@@ -45,6 +45,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,12 +356,20 @@ class RowMap:
         return self.parts[int(self.part_of[index])], int(self.pos_of[index])
 
 
+#: Bytes of result parts an :class:`ExecutionStore` keeps in memory: those it read,
+#: and those it wrote (64 MiB: the parts of ~2M rows of one float output).
+PART_CACHE_BYTES = 64 << 20
+
+
 class ExecutionStore:
     """Executions under ``<root>/executions``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root / "executions"
-        self._parts: dict[tuple[str, str], Part] = {}
+        #: Result parts this process read or wrote, least recently used first (see
+        #: :meth:`read_part`), and their bytes.
+        self._parts: OrderedDict[tuple[str, str], Part] = OrderedDict()
+        self._cached_bytes = 0
         self._parts_lock = threading.Lock()
 
     # paths ------------------------------------------------------------------
@@ -501,13 +510,12 @@ class ExecutionStore:
         moved = []
         for name in self.part_names(execution_id):
             try:
-                self.read_part(execution_id, name)
+                self.read_part(execution_id, name, cache=False)  # the file, not a copy
             except StoreCorruptedError:
                 moved.append(name)
                 os.replace(folder / "results" / name,
                            folder / "results" / f"{name}{CORRUPT_SUFFIX}")
-                with self._parts_lock:
-                    self._parts.pop((execution_id, f"results/{name}"), None)
+                self._forget_part((execution_id, f"results/{name}"))
         if moved:
             # A damaged header is reported by whoever reads it next; the move stands.
             with contextlib.suppress(StoreCorruptedError):
@@ -589,6 +597,11 @@ class ExecutionStore:
         if not publish_exclusive(directory / name, data, on_written=_after_write):
             raise StoreError(f"part {directory / name} already exists")
         hook("part.after_publish")
+        if directory.name == "results":
+            # What was just published, as it was written: a to_frame() right after the
+            # batch reads none of it back (1M trivial rows: ~60 ms of reads and checks).
+            self._remember((directory.parent.name, f"results/{name}"),
+                           Part(data, checked=False), len(data))
         return name
 
     def part_names(self, execution_id: str, kind: str = "results") -> list[str]:
@@ -604,25 +617,43 @@ class ExecutionStore:
         """A published part; ``cache=False``: neither from nor into the cache (a reader
         streaming every part must not hold them all)."""
         key = (execution_id, f"{kind}/{name}")
-        with self._parts_lock:
-            part = self._parts.get(key) if cache else None
-        if part is not None:
-            return part
+        if cache:
+            with self._parts_lock:
+                part = self._parts.get(key)
+                if part is not None:
+                    self._parts.move_to_end(key)
+                    return part
         path = self.path(execution_id) / kind / name
         try:
-            part = Part(path.read_bytes())
+            data = path.read_bytes()
+            part = Part(data)
         except ValueError as exc:
             raise StoreCorruptedError(f"{path} is damaged: {exc}") from None
         except OSError as exc:
             raise StoreError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
         if kind == "results" and cache:
-            with self._parts_lock:
-                # Published parts are immutable, so caching them by name is safe. Input
-                # parts are read once per run: caching them would hold the whole spool.
-                if len(self._parts) > 256:
-                    self._parts.clear()
-                self._parts[key] = part
+            # Published parts are immutable, so caching them by name is safe. Input
+            # parts are read once per run: caching them would hold the whole spool.
+            self._remember(key, part, len(data))
         return part
+
+    def _remember(self, key: tuple[str, str], part: Part, size: int) -> None:
+        """Cache a result part, dropping the least recently used beyond PART_CACHE_BYTES."""
+        with self._parts_lock:
+            old = self._parts.pop(key, None)
+            if old is not None:
+                self._cached_bytes -= old.nbytes
+            self._parts[key] = part
+            self._cached_bytes += size
+            while self._cached_bytes > PART_CACHE_BYTES and len(self._parts) > 1:
+                _, dropped = self._parts.popitem(last=False)
+                self._cached_bytes -= dropped.nbytes
+
+    def _forget_part(self, key: tuple[str, str]) -> None:
+        with self._parts_lock:
+            old = self._parts.pop(key, None)
+            if old is not None:
+                self._cached_bytes -= old.nbytes
 
     def iter_inputs(self, execution_id: str) -> Iterator[Part]:
         for name in self.part_names(execution_id, "inputs"):

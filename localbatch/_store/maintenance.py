@@ -143,7 +143,7 @@ def _verify_part(store: ExecutionStore, eid: str, name: str, kind: str, total: i
                  ) -> Iterator[Finding]:
     path = store.path(eid) / kind / name
     try:
-        part = store.read_part(eid, name, kind)
+        part = store.read_part(eid, name, kind, cache=False)  # the file, not a copy
         if total is not None:
             checked_index(part, total, path)
     except StoreError as exc:
