@@ -8,7 +8,8 @@ each row the fast loop's own check runs (``view[pos] != FILL`` and then ``take``
 and at each chunk's end ``settle`` and ``begin``. The model says what each row must
 get: its own bytes exactly, except output that begins with ``0xFF``, which the map
 cannot show: from there to the chunk's end everything goes to ``settle`` (and from
-then on every row is checked by the kernel, so it is exact again).
+then on every row is checked by the kernel, so it is exact again). What is written
+between chunks (``init``, a thread a row left) is no row's: ``begin`` takes it.
 """
 
 from __future__ import annotations
@@ -30,18 +31,25 @@ writes = st.lists(st.one_of(
     st.binary(max_size=8).map(lambda b: FF + b),  # the fill byte first
     st.integers(AHEAD // 2, 2 * AHEAD).map(lambda n: b"x" * n),  # beyond the window
 ), max_size=3)
-chunks = st.lists(st.lists(writes, min_size=1, max_size=10), min_size=1, max_size=5)
+#: A chunk: what is written before it (init, a thread between chunks), then its rows.
+chunks = st.lists(st.tuples(writes, st.lists(writes, min_size=1, max_size=10)),
+                  min_size=1, max_size=5)
 
 
-def play(cap: FdCapture, fds: list[int], chunk: list[list[bytes]]) -> tuple[list[str], str]:
-    """Run one chunk the way the fast loop does: (per row what it was given, settled)."""
-    cap.begin()
+def play(cap: FdCapture, fds: list[int], chunk: list[list[bytes]],
+         before: list[bytes] = ()) -> tuple[list[str], str, str]:
+    """Run one chunk the way the fast loop does: (per row what it was given, settled),
+    after ``before`` was written between chunks (``begin`` takes it: no row's)."""
+    for data in before:
+        os.write(fds[0], data)
+    between = cap.begin()
+    assert between == b"".join(before).decode("utf-8", "replace")
     got = []
     for k, row in enumerate(chunk):
         for i, data in enumerate(row):
             os.write(fds[(k + i) % len(fds)], data)
         got.append(cap.take() if cap.view[cap.pos] != FILL else "")
-    return got, cap.settle()
+    return got, cap.settle(), between
 
 
 def expected(chunk: list[list[bytes]], exact: bool) -> tuple[list[str], str]:
@@ -64,10 +72,10 @@ def test_each_row_gets_exactly_what_it_wrote(tmp_path_factory, played):
     cap = FdCapture(str(path))
     fds = [cap.fd, os.dup(cap.fd)]  # fd 1 and 2 of a worker: one offset
     try:
-        for chunk in played:
+        for before, chunk in played:
             exact = cap.exact
             want_rows, want_settled = expected(chunk, exact)
-            got_rows, settled = play(cap, fds, chunk)
+            got_rows, settled, _ = play(cap, fds, chunk, before)
             assert got_rows == want_rows
             assert settled == want_settled
             assert cap.exact == (exact or bool(want_settled))
@@ -79,10 +87,10 @@ def test_each_row_gets_exactly_what_it_wrote(tmp_path_factory, played):
 def test_the_file_starts_over_between_chunks_once_it_is_large(tmp_path):
     cap = FdCapture(str(tmp_path / "console.capture"))
     big = b"y" * (KEEP + 10)
-    got, settled = play(cap, [cap.fd], [[big], [b"after"]])
+    got, settled, _ = play(cap, [cap.fd], [[big], [b"after"]])
     assert got == [big.decode(), "after"] and settled == ""
     assert os.fstat(cap.fd).st_size > KEEP
-    got, _ = play(cap, [cap.fd], [[b"next chunk"]])
+    got, _, _ = play(cap, [cap.fd], [[b"next chunk"]])
     assert got == ["next chunk"] and os.fstat(cap.fd).st_size <= AHEAD + len("next chunk")
 
 

@@ -240,3 +240,23 @@ def test_service_response_from_the_sdk_s_fixture():
     empty = ServiceResponse("/api/x/1", {}, [{"name": "r", "type": "numeric"}])
     assert empty.artifacts == {} and empty.artifact("x") is None
     assert empty.outputs == {"r": None} and empty.error == "" and empty.console_output == ""
+
+
+def loud_init():
+    import os
+
+    os.write(1, b"init on fd 1\n")  # below Python: C code, a child process
+    print("init printed")
+    raise RuntimeError("no model today")
+
+
+def never_runs(a):
+    return a
+
+
+def test_a_failed_init_says_what_it_wrote_to_fd_1_and_2_too(client):
+    svc = (client.service("loud-init").version("1").code_fn(never_runs, loud_init)
+           .inputs(a=float).outputs(y=float).deploy())
+    res = svc.never_runs(1.0)
+    assert "no model today" in res.error
+    assert res.console_output == "init on fd 1\ninit printed\n"

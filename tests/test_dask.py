@@ -25,6 +25,7 @@ import pandas as pd
 import psutil
 import pytest
 import scoring_fns
+from faults.helpers import gone  # tests/ is on sys.path (conftest)
 
 from localbatch import DeployClient
 
@@ -138,11 +139,6 @@ def _rows(client, execution_id: str):
     return executions.reader(execution_id, executions.header(execution_id), None)
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _wait_until(cond, timeout: float, what: str):
@@ -348,7 +344,7 @@ def test_cancel_stops_a_running_chunk(client, dask_client, tmp_path):
     assert time.monotonic() - t0 < 5
     r = batch.results()
     assert (r.state, r.completed_item_count) == ("Canceled", 0)
-    _wait_until(lambda: _gone(pid), 3, "the row's process to die")
+    _wait_until(lambda: gone(pid), 3, "the row's process to die")
     started = set(os.listdir(marks))
     time.sleep(0.5)
     assert set(os.listdir(marks)) == started  # nothing started after cancel() returned

@@ -25,6 +25,7 @@ import psutil
 import pytest
 import warm_fns
 import warm_state
+from faults.helpers import gone  # tests/ is on sys.path (conftest)
 
 from localbatch._engines.local import CORES
 from localbatch._workers import pool, zygote
@@ -298,8 +299,7 @@ def test_a_killed_idle_worker_is_replaced_and_costs_no_attempt(client, store):
     first = svc.batch(rows(5), parallel_count=1).start().wait(60)
     (pid,) = started(store, first.execution_id)
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not psutil.pid_exists(pid) or
-                    psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    assert wait_for(lambda: gone(pid))
     resp = svc.batch(rows(20), parallel_count=1).start().wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0
     assert [resp.execution(i).attempts for i in range(20)] == [1] * 20

@@ -88,15 +88,17 @@ class FdCapture:
         self._mm = None
         return self.take()
 
-    def begin(self) -> None:
-        """Before a chunk: start the file over once a lot was written (not while rows run)."""
-        if self.pos <= KEEP:
-            return
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.pos = self._size = 0
-        if not self.exact:
-            self._fill_ahead()
+    def begin(self) -> str:
+        """Before a chunk: what was written since the last one (no row's: ``init``'s, or a
+        thread's between chunks), and the file started over once a lot was written."""
+        text = self.take()
+        if self.pos > KEEP:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.pos = self._size = 0
+            if not self.exact:
+                self._fill_ahead()
+        return text
 
     def _fill_ahead(self) -> None:
         """Fill ``[pos, pos + AHEAD)`` with ``FILL`` and map the file anew."""

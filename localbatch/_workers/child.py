@@ -95,7 +95,7 @@ def serve(conn: Connection, board_path: str | None, owner: int) -> None:
 
 def _serve_loop(conn: Connection, board: Board, cap: FdCapture, scratch: str) -> int:
     """Chunks until ``Stop`` or EOF (0), or until a row left the worker unrestorable."""
-    runtime = _initialize(conn)
+    runtime = _initialize(conn, cap)
     if runtime is None:
         return 0
     inbox = _drain(conn)
@@ -124,8 +124,9 @@ def _serve_loop(conn: Connection, board: Board, cap: FdCapture, scratch: str) ->
             return RETIRED_EXIT  # idle now: the owner replaces us, no row is charged
 
 
-def _initialize(conn: Connection) -> Runtime | None:
-    """Answer the ``Load`` with ``Ready`` (and return the runtime) or ``InitError``."""
+def _initialize(conn: Connection, cap: FdCapture) -> Runtime | None:
+    """Answer the ``Load`` with ``Ready`` (and return the runtime) or ``InitError``; the
+    console they carry is init's, fd-level output (C code, child processes) first."""
     msg = recv(conn)
     assert isinstance(msg, Load)
     buf = io.StringIO()
@@ -134,9 +135,10 @@ def _initialize(conn: Connection) -> Runtime | None:
             runtime = Runtime(*read_service(msg.spec), msg.limits)
             seconds = runtime.initialize()
     except BaseException as exc:  # noqa: B036 - init's SystemExit is an init error too
-        send(conn, InitError("init_error", os.getpid(), row_error(exc), buf.getvalue()))
+        send(conn, InitError("init_error", os.getpid(), row_error(exc),
+                             cap.take() + buf.getvalue()))
         return None
-    send(conn, Ready("ready", os.getpid(), seconds, buf.getvalue()))
+    send(conn, Ready("ready", os.getpid(), seconds, cap.take() + buf.getvalue()))
     return runtime
 
 

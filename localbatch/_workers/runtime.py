@@ -103,7 +103,7 @@ class _Loop:
         #: The last row given fd output (what the map did not show came after it).
         self.last_fd_row = -1
         if cap is not None:
-            cap.begin()
+            cap.begin()  # what was written between chunks is no row's
 
     def fd_output(self, k: int) -> None:
         """What row ``k`` wrote to fd 1 and 2 (read just after it)."""
@@ -368,7 +368,7 @@ class Runtime:
         """One call per chunk (see :mod:`.vectorized`)."""
         n = len(indices)
         if cap is not None:
-            cap.begin()
+            cap.begin()  # what was written between chunks is no call's
         chunk = VectorizedChunk(self._call, self._to_outputs, self.outputs, n,
                                 cap.take if cap is not None else None)
         chunk.run(indices, columns, [name for name, _ in self.inputs], board.started)

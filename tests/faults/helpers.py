@@ -15,6 +15,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def gone(pid: int) -> bool:
+    """Exited (a zombie counts: it runs nothing), also when it is reaped while we look."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def deploy(client, name, fn, *, init=None, artifacts=None):
     definition = (client.service(name).version("1").code_fn(fn, init)
                   .inputs(a=float, b=float).outputs(y=float))

@@ -23,7 +23,7 @@ from localbatch._format.columns import decode_all
 from localbatch._format.part import Part
 
 from . import isolation_fns
-from .helpers import deploy
+from .helpers import deploy, gone
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -115,7 +115,7 @@ def test_hazard_is_undone_before_the_next_row(client, store, fault_log, monkeypa
     assert_all_good(store, again, 50)
     for pid_file in fault_log.glob("pid-*"):  # children the rows left are gone
         pid = int(pid_file.name[4:])
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert gone(pid)
 
 
 def test_c_level_change_is_undone_while_the_guard_watches(client, store, fault_log,
@@ -144,7 +144,7 @@ def test_leftover_thread_retires_the_worker_and_charges_no_row(client, store, fa
     assert not {later[i][1] for i in range(50)} & {pids[3], pids[200]}
     for pid in {pids[3], pids[200]}:  # a worker no bad row ran on stays warm
         deadline = time.monotonic() + 5
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
+        while not gone(pid):
             assert time.monotonic() < deadline, f"retired worker {pid} still running"
             time.sleep(0.05)
 
