@@ -10,6 +10,9 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from localbatch._errors import SchemaError
 from localbatch._format.columns import (
@@ -248,6 +251,42 @@ def test_row_numbers_are_stored_as_a_range_and_read_back_exactly() -> None:
     for key, arr in cases.items():
         assert back[key].dtype == arr.dtype and np.array_equal(back[key], arr), key
         assert not back[key].flags.writeable
+
+
+def _ranges() -> st.SearchStrategy[np.ndarray]:
+    """int64 arrays that count by a fixed step, within int64, some with one element off."""
+    def build(start: int, step: int, n: int, off: int | None) -> np.ndarray:
+        step = max(-(2**62), min(2**62, step))
+        n = min(n, 1 + (2**63 - 1 - abs(start)) // max(1, abs(step)))
+        values = [start + step * k for k in range(max(n, 2))]
+        values = [v for v in values if -(2**63) <= v < 2**63] or [0, 0]
+        if off is not None and len(values) > 1:
+            values[off % len(values)] += 1 if values[off % len(values)] < 2**63 - 1 else -1
+        return np.asarray(values, np.int64)
+    return st.builds(build, st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63),
+                     st.integers(2, 40), st.none() | st.integers(0, 40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    _ranges(),
+    st.builds(np.full, st.integers(2, 30), st.floats(allow_nan=True)),
+    hnp.arrays(st.sampled_from([np.int64, np.float64, np.bool_, np.uint8, np.int32]),
+               st.integers(0, 30)),
+))
+def test_every_buffer_comes_back_bit_for_bit_and_without_bytes_only_when_it_may(arr) -> None:
+    """The const and range forms are chosen exactly when every element is equal (as bits)
+    or counts by one step, and whatever the form the bytes come back the same."""
+    entry, back = _buffers_through_file({"values": arr})
+    assert back["values"].dtype == arr.dtype and back["values"].tobytes() == arr.tobytes()
+    form = entry["values"][1]
+    bits = arr.view(f"<u{arr.itemsize}") if arr.dtype.kind in "biuf" else None
+    const = bits is not None and arr.size >= 2 and len(set(bits.tolist())) == 1
+    values = arr.tolist()
+    ranged = arr.dtype == np.int64 and arr.size >= 2 and len(
+        {b - a for a, b in zip(values, values[1:])}) == 1
+    assert (form == "const") == const
+    assert (form == "range") == (ranged and not const)
 
 
 def test_a_part_of_plain_results_is_mostly_its_values() -> None:
