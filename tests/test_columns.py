@@ -284,7 +284,7 @@ def test_every_buffer_comes_back_bit_for_bit_and_without_bytes_only_when_it_may(
     const = bits is not None and arr.size >= 2 and len(set(bits.tolist())) == 1
     values = arr.tolist()
     ranged = arr.dtype == np.int64 and arr.size >= 2 and len(
-        {b - a for a, b in zip(values, values[1:])}) == 1
+        {b - a for a, b in zip(values, values[1:], strict=False)}) == 1
     assert (form == "const") == const
     assert (form == "range") == (ranged and not const)
 
