@@ -100,3 +100,27 @@ def test_a_child_process_writing_to_the_inherited_fd_is_seen(tmp_path):
                    stdout=cap.fd, check=True)
     assert cap.view[cap.pos] != FILL and cap.take() == "from a child"
     assert cap.view[cap.pos] == FILL and cap.take() == ""
+
+
+def test_a_truncated_file_gives_what_was_written_since_and_is_in_order_again(tmp_path):
+    """What ``open("/dev/stdout", "w")`` does to a worker's capture file: a new open that
+    truncates it. The guard's check (``check``) runs before the map is read again."""
+    path = tmp_path / "console.capture"
+    cap = FdCapture(str(path))
+    play(cap, [cap.fd], [[b"x" * 9000]])  # the offset well past the first page
+    with open(path, "w") as reopened:
+        reopened.write("written anew")
+    os.write(cap.fd, b"+fd")  # lands at the old offset, past a hole
+    assert cap.check() == "written anew+fd"
+    got, settled, _ = play(cap, [cap.fd], [[b"after"], [b"\xff binary"], [b"more"]])
+    assert got == ["after", "", ""] and settled == "\ufffd binarymore"
+
+
+def test_an_offset_moved_back_loses_only_what_was_written_after_the_move(tmp_path):
+    cap = FdCapture(str(tmp_path / "console.capture"))
+    play(cap, [cap.fd], [[b"first"]])
+    os.lseek(cap.fd, 0, os.SEEK_SET)
+    os.write(cap.fd, b"over")
+    assert cap.check() == ""
+    got, settled, _ = play(cap, [cap.fd], [[b"then"], [b"and on"]])
+    assert got == ["then", "and on"] and settled == ""

@@ -76,6 +76,25 @@ class FdCapture:
             self._fill_ahead()
         return data.decode("utf-8", "replace")
 
+    def check(self) -> str:
+        """After a row the guard looked at (it opened a file or started a process): what
+        it wrote by truncating the file, and the file in order again.
+
+        Opening ``/dev/stdout`` for writing (``open(..., "w")``, a shell's ``>``) opens
+        this file anew and truncates it; reading the map past the new end would kill the
+        worker (SIGBUS), so the guard's check comes first. Everything a truncated file
+        holds was written since (its holes, left by writes at the old offset, dropped).
+        A row that moved the offset back loses what it wrote after the move.
+        """
+        size = os.fstat(self.fd).st_size
+        end = os.lseek(self.fd, 0, os.SEEK_CUR)
+        truncated = size < (self.pos if self.exact else self._size)
+        if not truncated and end >= self.pos:
+            return ""
+        data = os.pread(self.fd, size, 0).replace(b"\0", b"") if truncated else b""
+        self._restart()
+        return data.decode("utf-8", "replace")
+
     def settle(self) -> str:
         """At a chunk's end: output the map did not show (it started with ``FILL``).
 
@@ -91,14 +110,18 @@ class FdCapture:
     def begin(self) -> str:
         """Before a chunk: what was written since the last one (no row's: ``init``'s, or a
         thread's between chunks), and the file started over once a lot was written."""
-        text = self.take()
+        text = self.check() + self.take()
         if self.pos > KEEP:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            self.pos = self._size = 0
-            if not self.exact:
-                self._fill_ahead()
+            self._restart()
         return text
+
+    def _restart(self) -> None:
+        """An empty file, written from its start (not while rows run)."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.pos = self._size = 0
+        if not self.exact:
+            self._fill_ahead()
 
     def _fill_ahead(self) -> None:
         """Fill ``[pos, pos + AHEAD)`` with ``FILL`` and map the file anew."""

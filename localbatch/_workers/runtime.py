@@ -112,6 +112,14 @@ class _Loop:
             self.fd_text[k] = self.fd_text.get(k, "") + text
             self.last_fd_row = k
 
+    def fd_check(self, k: int) -> None:
+        """After the guard looked at row ``k``: what it wrote by truncating the capture
+        file (see :meth:`.FdCapture.check`)."""
+        text = self.cap.check() if self.cap is not None else ""
+        if text:
+            self.fd_text[k] = self.fd_text.get(k, "") + text
+            self.last_fd_row = k
+
     def settle(self, indices: Sequence[int]) -> None:
         """fd output the map could not show (see :meth:`.FdCapture.settle`): given to the
         chunk's last row, naming the rows it came from."""
@@ -287,6 +295,9 @@ class Runtime:
                     or sys.stdout is not console or sys.stderr is not console):
                 guard.after_row()
                 loop.note(k, guard)
+                loop.fd_check(k)  # before the map is read: the row may have truncated it
+                if cap is not None:
+                    view, pos = cap.view, cap.pos
                 sys.stdout = sys.stderr = console
                 threads = guard.threads
                 guard.enter()
@@ -319,6 +330,7 @@ class Runtime:
                     Path(guard.folder), self.artifacts, self.limits["artifact_bytes"])
             guard.after_row()
             loop.note(k, guard)
+            loop.fd_check(k)
             loop.fd_output(k)
             sys.stdout = sys.stderr = console
         if guard is not None:

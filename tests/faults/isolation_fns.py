@@ -204,3 +204,17 @@ def vector_hazard(a, b):
         os.environ["ISO_POISON"] = "1"
         sys.path.insert(0, "/iso-poison")
     return a * 2 + b
+
+
+def reopens_stdout(a, b):
+    """Writes its index to fd 1; rows 1500 and 2500 write through a fresh open of
+    /dev/stdout ("w": truncates it), row 2000 through a shell's ``>`` redirection."""
+    row = int(a)
+    if row in (1500, 2500):
+        with open("/dev/stdout", "w") as fh:
+            fh.write(f"<r{row}>")
+    elif row == 2000:
+        subprocess.run(f"printf '<s{row}>' > /dev/stdout", shell=True, check=True)
+    else:
+        os.write(1, f"<o{row}>".encode())
+    return a

@@ -238,6 +238,28 @@ def test_fd_output_the_map_cannot_show_is_named_and_the_worker_then_checks_every
     assert not wrong, dict(list(wrong.items())[:5])
 
 
+@pytest.mark.parametrize("loop", ["checked", "fast"])
+def test_a_row_that_reopens_dev_stdout_keeps_its_output_and_costs_no_other_row(
+        client, store, monkeypatch, loop):
+    """Opening /dev/stdout for writing (Python's open "w", a shell's ``>``) truncates the
+    worker's capture file. It failed every later row of the batch with an internal error
+    (2992 of 3000); each row now gets its own output, and the worker goes on."""
+    if loop == "fast":
+        monkeypatch.setenv("LOCALBATCH_WATCH_ROWS", "0")
+    svc = deploy(client, f"iso-reopen-{loop}", isolation_fns.reopens_stdout)
+    resp = svc.batch(frame(3000), parallel_count=1, start_method="spawn").start()
+    resp = resp.wait(timeout=90)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    records = row_records(store, resp.execution_id)
+    assert len({r[1] for r in records.values()}) == 1  # one worker all along
+
+    def own(i: int) -> str:
+        return {1500: "<r1500>", 2000: "<s2000>", 2500: "<r2500>"}.get(i, f"<o{i}>")
+
+    wrong = {i: r[0] for i, r in records.items() if r[0] != own(i)}
+    assert not wrong, dict(list(wrong.items())[:5])
+
+
 def test_vectorised_fd_output_goes_to_the_first_row_of_its_call(client, store):
     svc = (client.service("iso-vector-fd").version("1").code_fn(isolation_fns.vector_fd)
            .inputs(a=float, b=float).outputs(y=float).vectorized().deploy())
