@@ -21,6 +21,12 @@ unchanged. :meth:`FdCapture.settle` finds it at the chunk's end (one ``lseek``):
 it goes to the rows it could have come from, marked so, and from then on this
 worker asks the kernel after every row (:attr:`FdCapture.exact`), so it cannot
 happen twice.
+
+A row can also truncate the file: opening ``/dev/stdout`` for writing opens it
+anew with ``O_TRUNC``. Reading the map past a file's end kills the process
+(SIGBUS), so :meth:`FdCapture.check` runs first whenever the row guard looks at
+a row (Python's ``open`` for writing and starting a process both make it look),
+and gives the row what the truncated file holds.
 """
 
 from __future__ import annotations
@@ -60,10 +66,6 @@ class FdCapture:
         #: ``view[pos] != FILL``: something was written since ``pos`` (read it with :meth:`take`).
         self.view: memoryview | _Always = _Always()
         self._fill_ahead()
-
-    def wrote(self) -> bool:
-        """Whether anything was written since the last :meth:`take` (no system call)."""
-        return self.view[self.pos] != FILL
 
     def take(self) -> str:
         """What was written since the last take (decoded; ``""`` when nothing was)."""
