@@ -87,10 +87,11 @@ def _parse(data: bytes, checked: bool = True) -> tuple[dict[str, Any], memoryvie
         if len(data) < _PREFIX.size:
             raise PartCorruptedError(f"truncated: {len(data)} bytes")
         _, size, crc, _ = _PREFIX.unpack_from(data, 0)
-        if checked and crc != zlib.crc32(memoryview(data)[_PREFIX.size:],
-                                         zlib.crc32(data[4:8])):
-            raise PartCorruptedError(f"checksum mismatch (stored {crc:08x}): damaged, "
-                                     "truncated or edited")
+        actual = zlib.crc32(memoryview(data)[_PREFIX.size:], zlib.crc32(data[4:8])) \
+            if checked else crc
+        if actual != crc:
+            raise PartCorruptedError(f"checksum mismatch (stored {crc:08x}, computed "
+                                     f"{actual:08x}): damaged, truncated or edited")
         start = _PREFIX.size
     elif data[:4] == MAGIC_V1 and len(data) >= 8:
         (size,) = struct.unpack_from("<I", data, 4)

@@ -601,7 +601,7 @@ class ExecutionStore:
             # What was just published, as it was written: a to_frame() right after the
             # batch reads none of it back (1M trivial rows: ~60 ms of reads and checks).
             self._remember((directory.parent.name, f"results/{name}"),
-                           Part(data, checked=False), len(data))
+                           Part(data, checked=False))
         return name
 
     def part_names(self, execution_id: str, kind: str = "results") -> list[str]:
@@ -625,8 +625,7 @@ class ExecutionStore:
                     return part
         path = self.path(execution_id) / kind / name
         try:
-            data = path.read_bytes()
-            part = Part(data)
+            part = Part(path.read_bytes())
         except ValueError as exc:
             raise StoreCorruptedError(f"{path} is damaged: {exc}") from None
         except OSError as exc:
@@ -634,26 +633,27 @@ class ExecutionStore:
         if kind == "results" and cache:
             # Published parts are immutable, so caching them by name is safe. Input
             # parts are read once per run: caching them would hold the whole spool.
-            self._remember(key, part, len(data))
+            self._remember(key, part)
         return part
 
-    def _remember(self, key: tuple[str, str], part: Part, size: int) -> None:
+    def _remember(self, key: tuple[str, str], part: Part) -> None:
         """Cache a result part, dropping the least recently used beyond PART_CACHE_BYTES."""
         with self._parts_lock:
-            old = self._parts.pop(key, None)
-            if old is not None:
-                self._cached_bytes -= old.nbytes
+            self._uncache(key)
             self._parts[key] = part
-            self._cached_bytes += size
+            self._cached_bytes += part.nbytes
             while self._cached_bytes > PART_CACHE_BYTES and len(self._parts) > 1:
-                _, dropped = self._parts.popitem(last=False)
-                self._cached_bytes -= dropped.nbytes
+                self._uncache(next(iter(self._parts)))
 
     def _forget_part(self, key: tuple[str, str]) -> None:
         with self._parts_lock:
-            old = self._parts.pop(key, None)
-            if old is not None:
-                self._cached_bytes -= old.nbytes
+            self._uncache(key)
+
+    def _uncache(self, key: tuple[str, str]) -> None:
+        """Drop a cached part (the caller holds the lock)."""
+        old = self._parts.pop(key, None)
+        if old is not None:
+            self._cached_bytes -= old.nbytes
 
     def iter_inputs(self, execution_id: str) -> Iterator[Part]:
         for name in self.part_names(execution_id, "inputs"):

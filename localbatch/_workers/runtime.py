@@ -107,15 +107,16 @@ class _Loop:
 
     def fd_output(self, k: int) -> None:
         """What row ``k`` wrote to fd 1 and 2 (read just after it)."""
-        text = self.cap.take() if self.cap is not None else ""
-        if text:
-            self.fd_text[k] = self.fd_text.get(k, "") + text
-            self.last_fd_row = k
+        if self.cap is not None:
+            self._give(k, self.cap.take())
 
     def fd_check(self, k: int) -> None:
         """After the guard looked at row ``k``: what it wrote by truncating the capture
         file (see :meth:`.FdCapture.check`)."""
-        text = self.cap.check() if self.cap is not None else ""
+        if self.cap is not None:
+            self._give(k, self.cap.check())
+
+    def _give(self, k: int, text: str) -> None:
         if text:
             self.fd_text[k] = self.fd_text.get(k, "") + text
             self.last_fd_row = k
