@@ -296,3 +296,57 @@ def test_parts_kept_in_memory_stay_within_their_byte_bound(tmp_path: Path, monke
         part = store.read_part("e1", f"part-{seq:06d}.lbp")
         assert part.column("y").buffers["values"][0] == seq * 1000
     assert store._cached_bytes <= 20_000  # noqa: SLF001
+
+
+def test_threads_reading_while_the_owner_writes_and_evicts_see_only_right_values(
+        client, monkeypatch):
+    """The owner's part cache is shared by its supervisor thread (which puts every part it
+    publishes there) and every thread that reads. With a bound so small that each part
+    evicts another, two threads poll results while the batch runs: no wrong value, no
+    error, and the cache's byte count still adds up."""
+    import threading
+
+    import numpy as np
+
+    import localbatch._store.commit as commit
+    from localbatch._store import executions
+
+    monkeypatch.setattr(commit, "PART_ROWS", 20)
+    monkeypatch.setattr(executions, "PART_CACHE_BYTES", 4_000)
+    svc = (client.service("cache-race").version("1").code_fn(scoring_fns.slow)
+           .inputs(a=float, b=float).outputs(answer=float).deploy())
+    n = 600
+    batch = svc.batch(pd.DataFrame({"a": [float(i) for i in range(n)], "b": 0.002}),
+                      parallel_count=2).start()
+    problems: list[str] = []
+    reads = [0, 0]
+
+    def poll(slot: int) -> None:
+        try:
+            while True:
+                resp = batch.results()
+                frame = resp.to_frame()
+                if not (frame["answer"].to_numpy() == frame.index.to_numpy() * 1.0).all():
+                    problems.append(f"wrong values in a frame of {len(frame)} rows")
+                if len(frame):
+                    last = int(frame.index[-1])
+                    if resp.execution(last).outputs["answer"] != last:
+                        problems.append(f"row {last} read wrong")
+                reads[slot] += 1
+                if resp.state in ("Complete", "Failed", "Canceled"):
+                    return
+        except Exception as exc:  # noqa: BLE001 - any error is what the test looks for
+            problems.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=poll, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert batch.wait(60).state == "Complete"
+    assert not problems, problems[:3]
+    assert min(reads) > 1  # both read while it ran
+    final = batch.results().to_frame()
+    assert np.array_equal(final["answer"].to_numpy(), np.arange(n) * 1.0)
+    store = client._executions.store  # noqa: SLF001 - the cache's own accounting
+    assert store._cached_bytes == sum(p.nbytes for p in store._parts.values())  # noqa: SLF001
