@@ -350,3 +350,29 @@ def test_threads_reading_while_the_owner_writes_and_evicts_see_only_right_values
     assert np.array_equal(final["answer"].to_numpy(), np.arange(n) * 1.0)
     store = client._executions.store  # noqa: SLF001 - the cache's own accounting
     assert store._cached_bytes == sum(p.nbytes for p in store._parts.values())  # noqa: SLF001
+
+
+def test_write_behind_writes_every_file_and_raises_the_first_error_after_all_ended(
+        tmp_path: Path):
+    from localbatch import StoreError
+    from localbatch._store.fsutil import WriteBehind
+
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    with WriteBehind(depth=2) as out:
+        for k in range(20):
+            out.put(folder / f"f{k}", bytes([k]) * (k * 1000))
+    assert sorted(os.listdir(folder)) == sorted(f"f{k}" for k in range(20))
+    assert all((folder / f"f{k}").read_bytes() == bytes([k]) * (k * 1000) for k in range(20))
+    # A write that fails (its folder is gone) fails the block, with its cause; the
+    # writes around it still end before the block is left, and leave no temp file.
+    with pytest.raises(StoreError, match="No such file"), WriteBehind(depth=8) as out:
+        out.put(folder / "g0", b"x")
+        out.put(tmp_path / "missing" / "g1", b"y")
+        out.put(folder / "g2", b"z")
+    assert (folder / "g0").read_bytes() == b"x" and (folder / "g2").read_bytes() == b"z"
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp")]
+    # An error of the block itself wins over a write's.
+    with pytest.raises(KeyError), WriteBehind() as out:
+        out.put(tmp_path / "missing" / "g3", b"y")
+        raise KeyError("the caller's own")

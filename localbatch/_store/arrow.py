@@ -30,7 +30,7 @@ from .._errors import InputFileError, SchemaError
 from .._format.columns import Column, encode_column, kind_for_encoding
 from .._format.part import encode_part
 from .._schema import EncodingType, cast_column, check_columns
-from .fsutil import atomic_write
+from .fsutil import WriteBehind
 from .keys import KEYS, check_keep, write_keys
 from .spool import SPOOL_ROWS
 
@@ -182,18 +182,21 @@ class ArrowSource:
     def spool(self, staging: Path) -> int:
         """Write the input (and keys) parts; the number of rows."""
         total = 0
-        for seq, piece in enumerate(self._pieces()):
-            n = piece.table.num_rows
-            self._write_inputs(staging / "inputs", seq, total, piece)
-            if self.keep:
-                write_keys(staging / KEYS, seq, total, piece.table.select(self.keep).to_pandas())
-            total += n
+        with WriteBehind() as out:
+            for seq, piece in enumerate(self._pieces()):
+                n = piece.table.num_rows
+                self._write_inputs(out, staging / "inputs", seq, total, piece)
+                if self.keep:
+                    write_keys(staging / KEYS, seq, total,
+                               piece.table.select(self.keep).to_pandas())
+                total += n
         if total == 0:
             where = ", ".join(map(str, self.files)) or type(self.table or self.reader).__name__
             raise InputFileError(f"{where} has no rows")
         return total
 
-    def _write_inputs(self, folder: Path, seq: int, start: int, piece: _Piece) -> None:
+    def _write_inputs(self, out: WriteBehind, folder: Path, seq: int, start: int,
+                      piece: _Piece) -> None:
         """One input part in the spool's layout (``row``, ``label``, ``in.<name>``)."""
         n = piece.table.num_rows
         rows = np.arange(start, start + n, dtype=np.int64)
@@ -208,7 +211,7 @@ class ArrowSource:
             except OverflowError:
                 raise InputFileError(f"{piece.where}: input {name!r} has a value that does "
                                      "not fit a 64-bit integer") from None
-        atomic_write(folder / f"part-{seq:06d}.lbp", encode_part(cols, n))
+        out.put(folder / f"part-{seq:06d}.lbp", encode_part(cols, n))
 
     def _cast(self, piece: _Piece, name: str, enc: EncodingType) -> Any:
         # Ints and bools with nulls become objects with None (never floats with NaN:

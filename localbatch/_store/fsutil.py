@@ -31,7 +31,9 @@ import stat
 import uuid
 import warnings
 import zlib
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -40,6 +42,7 @@ from .._errors import ConfigurationError, LocalBatchWarning, StoreCorruptedError
 
 __all__ = [
     "JSON_FORMAT",
+    "WriteBehind",
     "atomic_write",
     "atomic_write_with",
     "check_store_root",
@@ -155,6 +158,40 @@ def atomic_write(path: Path, data: bytes) -> None:
         atomic_write_with(path, _bytes_writer(data))
     except OSError as exc:
         raise StoreError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+class WriteBehind:
+    """:func:`atomic_write` on two threads, while the caller encodes the next file.
+
+    Writing a new file is mostly the kernel finding pages for it (on the 2-core
+    benchmark VM, 2.6 ms of CPU per MB, against 0.2 ms to overwrite cached pages),
+    and ``write`` releases the GIL: the input spool of 1M float rows (16 MB) took
+    71 ms in ``start()`` written in turn, 46 ms behind two threads. At most
+    ``depth`` files wait (bounded memory); leaving the ``with`` block waits for
+    every write and raises the first error, unless the block itself raised.
+    """
+
+    def __init__(self, threads: int = 2, depth: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="localbatch-write")
+        self._pending: deque[Future[None]] = deque()
+        self._depth = depth
+
+    def put(self, path: Path, data: bytes) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(atomic_write, path, data))
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        first: BaseException | None = None
+        while self._pending:
+            error = self._pending.popleft().exception()
+            first = first or error
+        self._pool.shutdown(wait=True)
+        if first is not None and exc is None:
+            raise first
 
 
 def _bytes_writer(data: bytes) -> Callable[[BinaryIO], None]:

@@ -28,7 +28,7 @@ from .._errors import InputFileError, SchemaError
 from .._format.columns import Column, encode_column, kind_for_encoding
 from .._format.part import encode_part
 from .._schema import INT64, EncodingType, InputTable, check_columns, shown
-from .fsutil import atomic_write
+from .fsutil import WriteBehind
 
 __all__ = ["CsvSource", "Lines", "SPOOL_ROWS", "spool_csv", "spool_table"]
 
@@ -73,7 +73,7 @@ def _typed(labels: Sequence[Any]) -> Any:
     return series
 
 
-def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
+def _write(out: WriteBehind, folder: Path, seq: int, start: int, labels: Sequence[Any],
            columns: dict[str, list[Any]], inputs: Sequence[tuple[str, EncodingType]]) -> None:
     n = len(labels)
     cols: dict[str, Column] = {
@@ -94,7 +94,7 @@ def _write(folder: Path, seq: int, start: int, labels: Sequence[Any],
             row = next((start + k for k, v in enumerate(values)
                         if v is not None and _refused(kind, v)), start)
             raise SchemaError(f"row {row}: input {name!r}: {exc}") from None
-    atomic_write(folder / f"part-{seq:06d}.lbp", encode_part(cols, n))
+    out.put(folder / f"part-{seq:06d}.lbp", encode_part(cols, n))
 
 
 def _refused(kind: str, value: Any) -> bool:
@@ -108,10 +108,11 @@ def _refused(kind: str, value: Any) -> bool:
 def spool_table(table: InputTable, inputs: Sequence[tuple[str, EncodingType]],
                 folder: Path) -> int:
     total = len(table)
-    for seq, start in enumerate(range(0, total, SPOOL_ROWS)):
-        stop = min(total, start + SPOOL_ROWS)
-        cols = {k: v[start:stop] for k, v in table.columns.items()}
-        _write(folder, seq, start, table.index[start:stop], cols, inputs)
+    with WriteBehind() as out:
+        for seq, start in enumerate(range(0, total, SPOOL_ROWS)):
+            stop = min(total, start + SPOOL_ROWS)
+            cols = {k: v[start:stop] for k, v in table.columns.items()}
+            _write(out, folder, seq, start, table.index[start:stop], cols, inputs)
     return total
 
 
@@ -404,11 +405,13 @@ def spool_csv(source: CsvSource, folder: Path) -> int:
             raise InputFileError(f"input {name!r} is a {enc.value}: it cannot be read "
                                  "from a CSV/TSV file")
     total = 0
-    for seq, (lines, texts) in enumerate(source.chunks()):
-        cols = {name: _cast_text(enc, texts[name], name, lines) for name, enc in source.inputs}
-        labels = range(total, total + len(lines))
-        _write(folder, seq, total, labels, cols, source.inputs)
-        total += len(lines)
+    with WriteBehind() as out:
+        for seq, (lines, texts) in enumerate(source.chunks()):
+            cols = {name: _cast_text(enc, texts[name], name, lines)
+                    for name, enc in source.inputs}
+            labels = range(total, total + len(lines))
+            _write(out, folder, seq, total, labels, cols, source.inputs)
+            total += len(lines)
     if total == 0:
         raise InputFileError(f"{source.path} has a header but no records")
     return total

@@ -26,7 +26,7 @@ from localbatch._cli import main as cli_main
 from localbatch._store.faults import POINTS
 from localbatch._store.fsutil import read_json, write_json
 
-from . import faultfns, ownership_fns
+from . import faultfns, integrityfns, ownership_fns
 from .helpers import deploy, kill_group, record_counts, start_owner, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -188,6 +188,35 @@ def test_full_disk_mid_artifact_leaves_nothing_half_written(small_fs, fault_log)
         for index in range(rows):
             data = batch.artifact(index, "blob.bin")
             assert data == bytes([index % 251]) * (kib << 10), index
+
+
+@pytest.mark.parametrize("source", ["frame", "csv"])
+def test_full_disk_while_spooling_the_inputs_fails_start_and_leaves_nothing(small_fs, tmp_path,
+                                                                            source):
+    """The spool is written behind two threads: a write that fails there still fails
+    start() with the cause, and no staging, temp file or execution is left."""
+    from localbatch import DeployClient, StoreError
+    from localbatch._store.spool import SPOOL_ROWS
+
+    store = small_fs / "store"
+    rows = 3 * SPOOL_ROWS  # three parts of 1 MiB each: the 2 MiB disk fills
+    frame = pd.DataFrame({"a": np.arange(rows, dtype=float), "b": np.arange(rows) / 7})
+    given: object = frame
+    if source == "csv":
+        given = str(tmp_path / "in.csv")  # outside the small disk
+        frame.to_csv(given, index=False)
+    with DeployClient(str(store)) as client:
+        svc = deploy(client, "spool", integrityfns.score)
+        with pytest.raises(StoreError, match=os.strerror(errno.ENOSPC)):
+            svc.batch(given).start()
+        executions = store / "executions"
+        left = sorted(p.name for p in executions.iterdir() if p.name != ".staging")
+        assert left == [], left
+        staging = executions / ".staging"
+        assert not staging.exists() or os.listdir(staging) == []
+        # The space is free again: the same batch runs.
+        done = svc.batch(frame.iloc[:1000]).start().wait(timeout=60)
+        assert done.state == "Complete" and done.completed_item_count == 1000
 
 
 # -- an unknown state never hangs a wait -------------------------------------------------
