@@ -282,3 +282,48 @@ def test_to_frame_keeps_an_index_that_counts_up_only_in_places(add_svc):
     shifted = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": 0.0}, index=range(5, 8))
     frame = add_svc.batch(shifted, parallel_count=1).start().wait(60).to_frame()
     assert frame.index.tolist() == [5, 6, 7] and frame.index.name == "index"
+
+
+@pytest.mark.parametrize("source", ["frame", "csv", "parquet"])
+def test_to_frame_of_labels_counting_up_reads_no_input_part(add_svc, client, store, tmp_path,
+                                                            source):
+    """The header says where counting-up labels start: to_frame builds its RangeIndex
+    without reading the spool back (here every input part is damaged), and a header
+    without it (a store from before) still gets the index from the parts."""
+    from localbatch import DeployClient
+    from localbatch._store.fsutil import read_json, write_json
+
+    n = 70_000  # two spool parts
+    df = pd.DataFrame({"a": np.arange(n, dtype=float), "b": 1.0},
+                      index=pd.RangeIndex(7, 7 + n) if source == "frame" else None)
+    given: object = df
+    if source == "csv":
+        given = str(tmp_path / "in.csv")
+        df.to_csv(given, index=False)
+    elif source == "parquet":
+        pytest.importorskip("pyarrow")
+        given = str(tmp_path / "in.parquet")
+        df.to_parquet(given, index=False)
+    eid = add_svc.batch(given, parallel_count=2).start().wait(60).execution_id
+    first = 7 if source == "frame" else 0
+    header_path = store / "executions" / eid / "execution.json"
+    assert read_json(header_path)["label_start"] == first
+    parts = sorted((store / "executions" / eid / "inputs").glob("part-*.lbp"))
+    assert len(parts) == 2
+    saved = [p.read_bytes() for p in parts]
+    for p in parts:
+        p.write_bytes(b"damaged")
+    with DeployClient(str(store)) as other:
+        frame = other.get_execution(eid).results().to_frame()
+    assert isinstance(frame.index, pd.RangeIndex) and frame.index.name == "index"
+    assert frame.index[0] == first and len(frame) == n
+    assert frame["answer"].tolist() == (df["a"] * 2.0 + 1.0).tolist()
+    # A header from before label_start: the parts are read (and must be whole).
+    header = read_json(header_path)
+    del header["label_start"]
+    write_json(header_path, header)
+    for p, data in zip(parts, saved, strict=True):
+        p.write_bytes(data)
+    with DeployClient(str(store)) as other:
+        again = other.get_execution(eid).results().to_frame()
+    pd.testing.assert_frame_equal(again, frame)

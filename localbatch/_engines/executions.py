@@ -42,7 +42,7 @@ from .._logging import close_execution_logger, execution_logger
 from .._store.commit import FINAL_FIELDS, Committer, history_entry, now_iso
 from .._store.executions import ExecutionStore, OwnerLock
 from .._store.fsutil import read_json, unlink_if_present
-from .._store.keys import rows_hint, spool_source
+from .._store.keys import label_start, rows_hint, spool_source
 from .._store.registry import Registry, ServiceRecord
 from .._store.results import ResultReader
 from .._store.states import (
@@ -198,6 +198,7 @@ class Executions:
             "engine": engine.name,
             "options": options.to_json(),
             "keep": list(getattr(source, "keep", None) or []),
+            "label_start": label_start(source),
             "state": ExecutionState.PENDING,
             "completed": 0,
             "failed": 0,

@@ -19,6 +19,8 @@ from .executions import ExecutionStore, RowMap
 
 __all__ = ["ResultReader", "RowRecord"]
 
+_UNKNOWN: Any = object()
+
 
 @dataclass
 class RowRecord:
@@ -53,6 +55,9 @@ class ResultReader:
         self.store = store
         self.id = execution_id
         self.total = int(header["total"])
+        #: The first label of labels that count up by one (None: they do not; absent
+        #: from stores written before 0.x: the input parts say).
+        self._label_start = header.get("label_start", _UNKNOWN)
         self.outputs = outputs
         self.inputs = inputs
         self._map: RowMap | None = None
@@ -116,6 +121,9 @@ class ResultReader:
 
     def _label_range_start(self) -> int | None:
         """The first label when the labels count up by one across every input part."""
+        if self._label_start is not _UNKNOWN:
+            start: int | None = self._label_start
+            return start
         first: int | None = None
         expect: int | None = None
         for part in self.store.iter_inputs(self.id):
