@@ -6,6 +6,7 @@ import math
 import struct
 import warnings
 import zlib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -402,3 +403,38 @@ def test_a_buffer_that_follows_at_too_many_breaks_keeps_its_bytes(apart) -> None
     entry, back = _buffers_through_file({"started": started, "ended": ended})
     assert back["ended"].tobytes() == ended.tobytes()
     assert (entry["ended"][1] == "next") == (apart < 64)
+
+
+_SCALARS = st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-(2**64), 2**64),
+                     st.booleans(), st.text(max_size=3),
+                     st.floats().map(np.float64), st.integers(-5, 5).map(np.int32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["numeric", "integer", "logical"]),
+       st.one_of(st.lists(_SCALARS, max_size=12),  # mixed, and of one type each:
+                 st.lists(st.integers(-(2**63), 2**63 - 1), max_size=12),
+                 st.lists(st.floats(allow_nan=True), max_size=12),
+                 st.lists(st.booleans(), max_size=12)),
+       st.booleans())
+def test_output_columns_are_the_same_whether_or_not_their_types_are_known(enc, values,
+                                                                         failed_first) -> None:
+    """The worker passes the types it saw (``set(map(type, rets))``) to skip a second
+    pass: what is stored, and which rows fail, must not change."""
+    from localbatch._schema import EncodingType
+    from localbatch._workers.outputs import encode_outputs
+
+    encoding = EncodingType(enc)
+
+    def run(types: bool) -> tuple[list[Any], list[Any]]:
+        column = list(values)
+        errors: list[Any] = [None] * len(column)
+        if failed_first and column:
+            column[0], errors[0] = None, ("E", "row failed", "")
+        known = {"y": set(map(type, column))} if types else None
+        out = encode_outputs([("y", encoding)], {"y": column}, errors, 1 << 20, known)
+        col = out["y"]
+        buffers = {k: (v.dtype.str, v.tobytes()) for k, v in col.buffers.items()}
+        return [col.kind, buffers], [e and e[0] for e in errors]
+
+    assert run(True) == run(False)

@@ -34,6 +34,8 @@ __all__ = ["encode_outputs", "python_values"]
 
 _PLAIN = {EncodingType.numeric: float, EncodingType.integer: int,
           EncodingType.logical: bool}
+_PLAIN_DTYPES = {EncodingType.numeric: np.float64, EncodingType.integer: np.int64,
+                 EncodingType.logical: np.bool_}
 #: Kinds whose values are fixed-width (8 bytes a value): never over a cap.
 _FIXED = ("float", "int", "bool")
 #: Room for the truncation marker after text cut to the cap.
@@ -41,11 +43,22 @@ _MARKER = 128
 
 
 def encode_outputs(outputs: list[tuple[str, EncodingType]], values: dict[str, list[Any]],
-                   errors: list[RowError | None], cap: int) -> dict[str, Column]:
-    """Cast, encode and cap every output column; failures become row errors in ``errors``."""
+                   errors: list[RowError | None], cap: int,
+                   types: dict[str, set[type]] | None = None) -> dict[str, Column]:
+    """Cast, encode and cap every output column; failures become row errors in ``errors``.
+
+    ``types``: the set of the value types of columns whose caller has it already.
+    """
     for name, enc in outputs:
         column = values[name]
-        if isinstance(column, np.ndarray) or _already_typed(enc, column):
+        if isinstance(column, np.ndarray):
+            continue
+        known = (types or {}).get(name)
+        if _already_typed(enc, column, known):
+            if known is not None and type(None) not in known and column:
+                # Exact scalars, none missing: an array now, in one C loop (the codec
+                # would look for None in them again: 10,000 floats, 0.15 ms).
+                values[name] = np.fromiter(column, _PLAIN_DTYPES[enc], len(column))
             continue
         for k, value in enumerate(column):
             if value is None or errors[k] is not None:
@@ -133,10 +146,14 @@ def _reason(exc: BaseException, name: str, value: Any) -> str:
     return f"{label}: cannot store {shown(value)} of type {type(value).__name__}: {text}"
 
 
-def _already_typed(enc: EncodingType, column: list[Any]) -> bool:
-    """A column of exact scalars of the declared type needs no per-value cast."""
+def _already_typed(enc: EncodingType, column: list[Any], types: set[type] | None = None
+                   ) -> bool:
+    """A column of exact scalars of the declared type needs no per-value cast
+    (``types``: the types of its values, when the caller knows them)."""
     want = _PLAIN.get(enc)
-    if want is None or not set(map(type, column)) <= {want, type(None)}:
+    if want is None:
+        return False
+    if not (set(map(type, column)) if types is None else types) <= {want, type(None)}:
         return False
     if want is int:
         ints = [v for v in column if v is not None]

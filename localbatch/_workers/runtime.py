@@ -243,8 +243,9 @@ class Runtime:
         error_list: list[RowError | None] = [None] * n
         for k, error in errors.items():
             error_list[k] = error
-        outputs = encode_outputs(self.outputs, self._columns_from_returns(rets, error_list),
-                                 error_list, self.limits["output_bytes"])
+        values, types = self._columns_from_returns(rets, error_list)
+        outputs = encode_outputs(self.outputs, values, error_list, self.limits["output_bytes"],
+                                 types)
         started, ended = board.times(n, finished)
         consoles = self._consoles(n, fd_text, console)
         # Numeric fields go back as arrays and all-missing ones as None (see
@@ -350,21 +351,22 @@ class Runtime:
         return consoles
 
     def _columns_from_returns(self, rets: list[Any], errors: list[RowError | None]
-                              ) -> dict[str, list[Any]]:
-        """Return values → per-output columns (the SDK's first-output rule, or a dict)."""
+                              ) -> tuple[dict[str, list[Any]], dict[str, set[type]]]:
+        """Return values → per-output columns (the SDK's first-output rule, or a dict),
+        and the value types of the column that is the return values themselves."""
         if not self.outputs:
-            return {}
+            return {}, {}
         values: dict[str, list[Any]] = {name: [None] * len(rets) for name, _ in self.outputs}
         returned = set(map(type, rets))  # a C loop: dict returns are rare
         if self.kind != "str" and not (self._multi_ok and any(issubclass(t, dict)
                                                               for t in returned)):
             values[self.outputs[0][0]] = rets
-            return values
+            return values, {self.outputs[0][0]: returned}
         for k, ret in enumerate(rets):
             if errors[k] is None:
                 for name, value in self._to_outputs(ret).items():
                     values[name][k] = value
-        return values
+        return values, {}
 
     def _to_outputs(self, ret: Any) -> dict[str, Any]:
         if not self.outputs:
