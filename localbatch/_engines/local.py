@@ -171,15 +171,27 @@ class LocalSupervisor(Supervisor):
         if starting >= max(1, n - starting):
             return  # at most doubling per round of starts
         now = time.monotonic()
-        if any(len(self._inflight.get(w.pid, [])) < self._depth()
-               or now - self._inflight[w.pid][0].sent < BUSY_AFTER
-               for w in self._workers if w.ready):
+        if self._seconds_ahead() < BUSY_AFTER and any(
+                len(self._inflight.get(w.pid, [])) < self._depth()
+                or now - self._inflight[w.pid][0].sent < BUSY_AFTER
+                for w in self._workers if w.ready):
             return
         if not self._work_waiting():
             return
         if n >= CORES and self._wants_cores():
             return  # CPU-bound rows: another worker would only share the cores
         self._spawn()
+
+    def _seconds_ahead(self) -> float:
+        """The work not done yet, in seconds of each ready worker (0 until a row's time
+        is known): a worker starts when it has more to do than a start costs, not only
+        once a chunk has run that long (1M fast rows: the second worker ~50 ms sooner)."""
+        ready = sum(1 for w in self._workers if w.ready)
+        if self._row_seconds is None or not ready:
+            return 0.0
+        left = self.committer.total - self.committer.completed_count - \
+            self.committer.buffered_rows
+        return max(0, left) * self._row_seconds / ready
 
     def _work_waiting(self) -> bool:
         """Whether rows wait for a worker (reads the next input part if need be)."""
