@@ -665,6 +665,13 @@ class ExecutionStore:
         pos_of = np.full(total, -1, np.int32)
         for k, name in enumerate(names):
             part = self.read_part(execution_id, name)
+            span = part.stored_range("index", "values")
+            if span is not None and span[1] == 1 and span[2] == part.rows \
+                    and span[0] >= 0 and span[0] + span[2] <= total:
+                # Consecutive rows (most parts): two slices, no index to build and check.
+                part_of[span[0]:span[0] + span[2]] = k
+                pos_of[span[0]:span[0] + span[2]] = np.arange(span[2], dtype=np.int32)
+                continue
             index = checked_index(part, total, self.path(execution_id) / "results" / name)
             part_of[index] = k
             pos_of[index] = np.arange(len(index), dtype=np.int32)

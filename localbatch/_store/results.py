@@ -186,7 +186,7 @@ class ResultReader:
         for name, enc in self.outputs:
             cols = [p.column(f"out.{name}") for p in parts]
             if cols and cols[0].kind in ("float", "int", "bool"):
-                data[name] = _scalar_values(place, cols)
+                data[name] = _scalar_values(place, f"out.{name}", cols)
             elif enc is EncodingType.dataframe:
                 nrows, long = _frame_table(cols)
                 nrows = nrows[place.pos]
@@ -294,15 +294,21 @@ class _Placement:
             out[index if self._rank is None else self._rank[index]] = values
         return out
 
+    def none_missing(self, name: str) -> bool:
+        """No record has a missing value in column ``name`` (a stored constant mask is
+        read from the header, not made)."""
+        return all(p.stored_const(name, "mask") is False or not p.column(name).buffers["mask"].any()
+                   for p in self.parts)
+
     def all_missing(self, name: str) -> bool:
         return all(p.stored_const(name, "mask") is True or p.column(name).buffers["mask"].all()
                    for p in self.parts)
 
 
-def _scalar_values(place: _Placement, cols: list[Column]) -> Any:
+def _scalar_values(place: _Placement, name: str, cols: list[Column]) -> Any:
     kind = cols[0].kind
     values = place.scatter([c.buffers["values"] for c in cols], cols[0].buffers["values"].dtype)
-    if all(not c.buffers["mask"].any() for c in cols):
+    if place.none_missing(name):
         return values
     mask = place.scatter([c.buffers["mask"] for c in cols], np.bool_)
     if kind == "float":

@@ -339,6 +339,34 @@ def test_editing_a_part_row_range_is_detected(built):
         batch.results().to_frame()
 
 
+@pytest.mark.parametrize("start", [b"-1", b"999999", b"1"])
+def test_a_resealed_part_whose_row_range_leaves_the_batch_is_damage(built, start):
+    """Edited with its checksum fixed: rows outside the batch are found by the row map
+    (which reads a range without building its index); a range moved inside the batch
+    is read as what it now says (a checksum is not a signature): row 0 unrecorded."""
+    import struct
+    import zlib
+
+    root, (eid, _, _) = built
+    part = root / "executions" / eid / "results" / "part-000000.lbp"
+    data = part.read_bytes()
+    edited = re.sub(rb'"range",(\d+),0,1', lambda m: m.group(0).replace(b",0,1",
+                                                                       b"," + start + b",1"),
+                    data, count=1)
+    head = struct.unpack_from("<I", data, 4)[0] + len(edited) - len(data)
+    body = edited[16:]
+    size = struct.pack("<I", head)
+    crc = zlib.crc32(body, zlib.crc32(size))
+    part.write_bytes(edited[:4] + size + struct.pack("<I", crc) + edited[12:16] + body)
+    batch = DeployClient(str(root)).get_execution(eid)
+    if start == b"1":
+        frame = batch.results().to_frame()
+        assert len(frame) == batch.results().total_item_count - 1 and frame.index[0] == 1
+        return
+    with pytest.raises(StoreCorruptedError, match="part-000000.lbp.*outside"):
+        batch.results().to_frame()
+
+
 def test_resume_reruns_the_rows_of_a_damaged_part_exactly_once(built, fault_log):
     root, (eid, _, _) = built
     shutil.rmtree(fault_log)
