@@ -376,3 +376,45 @@ def test_write_behind_writes_every_file_and_raises_the_first_error_after_all_end
     with pytest.raises(KeyError), WriteBehind() as out:
         out.put(tmp_path / "missing" / "g3", b"y")
         raise KeyError("the caller's own")
+
+
+@pytest.mark.parametrize("engine", ["local", "inline"])
+def test_the_first_run_takes_its_inputs_as_written_and_later_runs_read_the_files(
+        tmp_path: Path, monkeypatch, engine):
+    """start() keeps the input parts it wrote (up to KEEP_BYTES) for the run that
+    follows: here every input file is damaged as soon as it is published, and that
+    run still scores every row exactly; nothing of them is left in memory after it,
+    and a part over the budget is read (and checked) from its file."""
+    import numpy as np
+
+    from localbatch._store import executions, spool
+
+    client = DeployClient(str(tmp_path / "store"), engine=engine)
+    svc = (client.service("adder").version("1.0").code_fn(scoring_fns.add)
+           .inputs(a=float, b=float).outputs(answer=float).deploy())
+    store = client._executions.store  # noqa: SLF001 - the cache itself
+    real = executions.ExecutionStore.keep_inputs
+
+    def damage_then_keep(self, execution_id, parts):
+        for path in (self.path(execution_id) / "inputs").glob("part-*.lbp"):
+            path.write_bytes(b"damaged on disk")
+        real(self, execution_id, parts)
+
+    monkeypatch.setattr(executions.ExecutionStore, "keep_inputs", damage_then_keep)
+    n = 2 * spool.SPOOL_ROWS + 5  # three input parts
+    df = pd.DataFrame({"a": np.arange(n, dtype=float), "b": 0.5})
+    resp = svc.batch(df, parallel_count=2).start().wait(60)
+    assert resp.state == "Complete" and resp.completed_item_count == n, resp.error
+    assert resp.to_frame()["answer"].tolist() == (df["a"] * 2.0 + 0.5).tolist()
+    assert not [k for k in store._parts if k[1].startswith("inputs/")]  # noqa: SLF001
+    # Over the budget: the first part is kept, the second is read from its file.
+    monkeypatch.setattr(spool, "KEEP_BYTES", 700_000)  # a part is 0.5 MB (in.a)
+    resp = svc.batch(df, parallel_count=2).start().wait(60)
+    assert resp.state == "Failed" and "inputs/part-000001.lbp is damaged" in resp.error, \
+        resp.error
+    assert resp.completed_item_count <= spool.SPOOL_ROWS  # rows of part 0 only
+    # A later run (resume) reads the files, the first one's part too.
+    again = client.get_execution(resp.execution_id).resume().wait(60)
+    assert again.state == "Failed" and "is damaged" in again.error, again.error
+    assert not [k for k in store._parts if k[1].startswith("inputs/")]  # noqa: SLF001
+    client.close()

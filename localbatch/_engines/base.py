@@ -255,7 +255,7 @@ class DoneHandle(RunHandle):
 def input_chunks(store: ExecutionStore, execution_id: str, inputs: list[tuple[str, Any]],
                  recorded: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """Rows without a record, one input part at a time (bounded memory)."""
-    for part in store.iter_inputs(execution_id):
+    for part in store.iter_inputs(execution_id, take=True):
         rows = part.column("row").buffers["values"]
         keep = np.flatnonzero(~recorded[rows])
         if len(keep) == 0:

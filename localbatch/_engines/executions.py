@@ -181,10 +181,11 @@ class Executions:
         # revision while this batch starts (the warm workers load it from there); the
         # hard-linked copy lets resume() and retry_failed() run after a delete.
         staging = store.staging(execution_id, pin=record)
+        kept: dict[str, bytes] = {}
         try:
             _pin_revision(record, staging / "revision")
             engine.prepare(record, options, rows_hint(source))
-            total = spool_source(source, record.inputs, staging)
+            total = spool_source(source, record.inputs, staging, kept)
         except BaseException:
             store.discard_staging(staging)
             raise
@@ -210,6 +211,7 @@ class Executions:
             "owner_pid": os.getpid(),
         }
         lock = store.publish(staging, header)
+        store.keep_inputs(execution_id, kept)  # the run below reads them from memory
         self._run(record, header, lock, options, engine, load=False)
         return execution_id
 
@@ -261,6 +263,7 @@ class Executions:
             with contextlib.suppress(StoreError):
                 committer.set_state(ExecutionState.FAILED, error=f"{type(exc).__name__}: {exc}",
                                     resumable=True, ended=now_iso())
+            store.drop_inputs(execution_id)
             lock.release()
             close_execution_logger(log)
             raise

@@ -59,6 +59,7 @@ class InlineEngine(Engine):
             committer.set_state(ExecutionState.FAILED, error=f"StoreError: {exc}", resumable=True,
                                 ended=now_iso())
         finally:
+            ctx.store.drop_inputs(committer.id)  # a later run reads the files
             ctx.lock.release()
             close_execution_logger(ctx.log)
         return DoneHandle(committer.id)

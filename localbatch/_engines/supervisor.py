@@ -122,6 +122,7 @@ class Supervisor(RunHandle):
             try:
                 self._release_workers()
             finally:
+                self.store.drop_inputs(self.id)  # a later run reads the files
                 self.lock.release()
                 close_execution_logger(self.log)
                 self.done.set()

@@ -32,7 +32,7 @@ from .._format.part import encode_part
 from .._schema import EncodingType, cast_column, check_columns
 from .fsutil import WriteBehind
 from .keys import KEYS, check_keep, write_keys
-from .spool import SPOOL_ROWS
+from .spool import KEEP_BYTES, SPOOL_ROWS
 
 __all__ = ["INSTALL_HINT", "PARQUET_SUFFIXES", "ArrowSource", "arrow_source", "require_pyarrow"]
 
@@ -179,10 +179,10 @@ class ArrowSource:
 
     # spooling -----------------------------------------------------------------------------
 
-    def spool(self, staging: Path) -> int:
+    def spool(self, staging: Path, kept: dict[str, bytes] | None = None) -> int:
         """Write the input (and keys) parts; the number of rows."""
         total = 0
-        with WriteBehind() as out:
+        with WriteBehind(kept=kept, budget=KEEP_BYTES) as out:
             for seq, piece in enumerate(self._pieces()):
                 n = piece.table.num_rows
                 self._write_inputs(out, staging / "inputs", seq, total, piece)

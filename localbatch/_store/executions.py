@@ -655,9 +655,25 @@ class ExecutionStore:
         if old is not None:
             self._cached_bytes -= old.nbytes
 
-    def iter_inputs(self, execution_id: str) -> Iterator[Part]:
+    def keep_inputs(self, execution_id: str, parts: dict[str, bytes]) -> None:
+        """Input parts this process just wrote, for its run to take (``iter_inputs(take=
+        True)``) without reading and checking them back; what it leaves is dropped when
+        it ends (``drop_inputs``), so a later run reads the files."""
+        for name, data in parts.items():
+            self._remember((execution_id, f"inputs/{name}"), Part(data, checked=False))
+
+    def drop_inputs(self, execution_id: str) -> None:
+        with self._parts_lock:
+            for key in [k for k in self._parts if k[0] == execution_id
+                        and k[1].startswith("inputs/")]:
+                self._uncache(key)
+
+    def iter_inputs(self, execution_id: str, take: bool = False) -> Iterator[Part]:
+        """The input parts in order (``take``: a kept one leaves memory once read)."""
         for name in self.part_names(execution_id, "inputs"):
             yield self.read_part(execution_id, name, "inputs")
+            if take:
+                self._forget_part((execution_id, f"inputs/{name}"))
 
     def row_map(self, execution_id: str, total: int) -> RowMap:
         names = self.part_names(execution_id)

@@ -171,15 +171,22 @@ class WriteBehind:
     every write and raises the first error, unless the block itself raised.
     """
 
-    def __init__(self, threads: int = 2, depth: int = 4) -> None:
+    def __init__(self, threads: int = 2, depth: int = 4,
+                 kept: dict[str, bytes] | None = None, budget: int = 0) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="localbatch-write")
         self._pending: deque[Future[None]] = deque()
         self._depth = depth
+        #: What was written, by file name, while it fits ``budget`` bytes (see
+        #: ``ExecutionStore.keep_inputs``).
+        self._kept, self._budget = kept, budget
 
     def put(self, path: Path, data: bytes) -> None:
         while len(self._pending) >= self._depth:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(atomic_write, path, data))
+        if self._kept is not None and len(data) <= self._budget:
+            self._kept[path.name] = data
+            self._budget -= len(data)
 
     def __enter__(self) -> WriteBehind:
         return self

@@ -217,16 +217,19 @@ def rows_hint(source: Any) -> int | None:
     return len(inner)
 
 
-def spool_source(source: Any, inputs: Sequence[tuple[str, EncodingType]], staging: Path
-                 ) -> int:
-    """Spool the inputs (and key columns) of any accepted source; the row count."""
+def spool_source(source: Any, inputs: Sequence[tuple[str, EncodingType]], staging: Path,
+                 kept: dict[str, bytes] | None = None) -> int:
+    """Spool the inputs (and key columns) of any accepted source; the row count.
+
+    ``kept``: the input parts' bytes by file name, as many as ``KEEP_BYTES`` holds.
+    """
     if hasattr(source, "spool"):
-        return int(source.spool(staging))
+        return int(source.spool(staging, kept))
     inner = source.inner if isinstance(source, KeyedSource) else source
     if isinstance(inner, CsvSource):
-        total = spool_csv(inner, staging / "inputs")
+        total = spool_csv(inner, staging / "inputs", kept)
     else:
-        total = spool_table(inner, inputs, staging / "inputs")
+        total = spool_table(inner, inputs, staging / "inputs", kept)
     if isinstance(source, KeyedSource):
         start = 0
         for seq, frame in enumerate(source.chunks()):
