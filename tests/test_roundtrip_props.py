@@ -456,3 +456,22 @@ def test_generated_dataframe_inputs_reach_the_function_and_come_back_exactly(cli
         assert got["i"] == i and got["b"] == b and got["s"] == s
         assert got["f"] == f or (f is not None and math.isnan(f) and math.isnan(got["f"]))
     assert len(out) == len(rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.sampled_from(["<", ">"]),
+       hnp.array_shapes(min_dims=1, max_dims=2, max_side=4), st.data())
+def test_float_vectors_keep_every_bit_nan_sign_and_payload_too(size, order, shape, data):
+    """Vectors and matrices are JSON in a part: a float array of any bits (a NaN with
+    its sign and payload, -0.0, infinities, subnormals) comes back bit for bit."""
+    bits = data.draw(hnp.arrays(f"<u{size}", shape))
+    arr = bits.view(f"<f{size}").astype(f"{order}f{size}")
+    back = decode_all(_through_part(encode_column("json", [arr])))[0]
+    back = np.asarray(back, dtype=arr.dtype) if isinstance(back, list) else back
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert back.tobytes() == arr.tobytes()
+
+
+def test_floats_wider_than_64_bits_are_refused_not_rounded():
+    with pytest.raises(SchemaError, match="cannot be stored exactly"):
+        encode_column("json", [np.array([1.0, 2.0], np.longdouble)])

@@ -82,10 +82,19 @@ def _encode_json(values: Sequence[Any]) -> Buffers:
 
 def _array_text(value: Any) -> str:
     """A vector or matrix as JSON: a plain (nested) list where ``np.asarray`` of it gives
-    the same array back, else ``{"dtype", "shape", "data"}``; raises SchemaError for
-    arrays JSON cannot hold exactly (object, complex, bytes)."""
+    the same array back, else ``{"dtype", "shape", "data"}`` (``"bits"``, the elements'
+    bits as unsigned integers, for floats with a NaN); raises SchemaError for arrays JSON
+    cannot hold exactly (object, complex, bytes, floats wider than 64 bits)."""
     arr = np.asarray(value)
     kind = arr.dtype.kind
+    if kind == "f" and arr.dtype.itemsize not in (2, 4, 8):
+        raise SchemaError(f"an array of dtype {arr.dtype} cannot be stored exactly (its "
+                          f"values are wider than a float64): value {shown(value)}")
+    if kind == "f" and _odd_nan(arr):
+        # JSON has one NaN: another NaN's sign and payload live only in its bits.
+        native = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+        bits = native.view(f"u{arr.dtype.itemsize}").tolist()
+        return json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape), "bits": bits})
     if kind in "biufU":
         data = arr.tolist()
         back = np.asarray(data)
@@ -101,11 +110,25 @@ def _array_text(value: Any) -> str:
     return json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape), "data": data})
 
 
+def _odd_nan(arr: np.ndarray) -> bool:
+    """Whether a float array holds a NaN other than the one JSON's NaN reads back as."""
+    nan = np.isnan(arr)
+    if not nan.any():
+        return False
+    unsigned = f"u{arr.dtype.itemsize}"
+    native = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    plain = np.array(float("nan"), native.dtype).view(unsigned)
+    return bool((native.view(unsigned)[nan] != plain).any())
+
+
 def _array_from_text(text: str) -> Any:
     value = json.loads(text)
     if not isinstance(value, dict):
         return value  # a plain list, as every part before typed arrays holds
     dtype = np.dtype(value["dtype"])
+    if "bits" in value:  # floats with a NaN (see _array_text)
+        native = np.array(value["bits"], f"u{dtype.itemsize}").view(dtype.newbyteorder("="))
+        return native.astype(dtype, copy=False).reshape(value["shape"])
     if dtype.kind in "Mm":
         native = np.array(value["data"], np.int64).view(dtype.newbyteorder("="))
         return native.astype(dtype, copy=False).reshape(value["shape"])
