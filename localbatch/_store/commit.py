@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import StoreError
+from .._format.buffers import same
 from .._format.chunk import per_row
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
 from .executions import ExecutionStore
@@ -211,7 +212,9 @@ class Committer:
     def _columns(self, batch: list[dict[str, Any]]) -> tuple[dict[str, Column], np.ndarray]:
         index = _concat(batch, "index", np.int64)
         n = len(index)
-        pids = np.concatenate([np.full(len(p["index"]), p["pid"], np.int64) for p in batch])
+        pids = (same(np.int64(batch[0]["pid"]), n) if len({p["pid"] for p in batch}) == 1
+                else np.concatenate([np.full(len(p["index"]), p["pid"], np.int64)
+                                     for p in batch]))
         if all(p["errors"] is None for p in batch):
             # The common case: no row failed; the three error columns are all missing.
             etype = emsg = etb = [None] * n
@@ -221,9 +224,9 @@ class Committer:
         history = (_flat(batch, "history") if any("history" in p for p in batch)
                    else [None] * n)
         columns: dict[str, Column] = {
-            "index": Column("int", {}, {"values": index, "mask": np.zeros(n, np.bool_)}),
+            "index": Column("int", {}, {"values": index, "mask": same(np.False_, n)}),
             "attempts": encode_column("int", _concat(batch, "attempts", np.int64)),
-            "worker_pid": Column("int", {}, {"values": pids, "mask": np.zeros(n, np.bool_)}),
+            "worker_pid": Column("int", {}, {"values": pids, "mask": same(np.False_, n)}),
             "started": encode_column("float", _concat(batch, "started", np.float64)),
             "ended": encode_column("float", _concat(batch, "ended", np.float64)),
             "error_type": encode_column("str", etype),
