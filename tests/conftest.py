@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy  # noqa: F401 - loaded once here: pytester's in-process runs unload new modules,
@@ -13,6 +15,14 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# hypothesis imports libcst to explain a failing example, and that import warns
+# (a DeprecationWarning, an error in this suite): imported once here, quietly, a
+# failure of any property test reads as a failure instead of a pytest INTERNALERROR.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with contextlib.suppress(ImportError):
+        import libcst.metadata  # noqa: F401
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 

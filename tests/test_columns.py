@@ -327,9 +327,10 @@ def test_a_buffer_that_follows_another_comes_back_bit_for_bit(base, last, off, a
         pairs = zip(bits(follower)[:-1], bits(arrays[key])[1:], strict=True)
         return [k for k, (a, b) in enumerate(pairs) if a != b] + [base.size - 1]
 
-    # The model: the first earlier buffer stored with bytes that it follows, but at a
+    # The model: the first earlier buffer stored (with bytes or steps) that it follows, but at a
     # few breaks (its first element must follow), if any.
-    leaders = [key for key in arrays if key != "ended" and isinstance(entry[key][1], int)
+    leaders = [key for key in arrays if key != "ended"
+               and entry[key][1] not in ("const", "range", "next")  # stored: bytes, steps
                and base.size >= 2 and breaks(key)[0] != 0 and len(breaks(key)) <= 64]
     simple = entry["ended"][1] in ("const", "range")
     if leaders and not simple:
@@ -438,3 +439,89 @@ def test_output_columns_are_the_same_whether_or_not_their_types_are_known(enc, v
         return [col.kind, buffers], [e and e[0] for e in errors]
 
     assert run(True) == run(False)
+
+
+def _stepped() -> st.SearchStrategy[np.ndarray]:
+    """Arrays whose elements' bits go up or down by small steps (times of rows that ran
+    back to back, a few pids), of 4- and 8-byte dtypes, with a wraparound or a jump."""
+    def build(dtype: str, first: int, steps: list[int], jump: int | None) -> np.ndarray:
+        size = np.dtype(dtype).itemsize
+        bits, value = [], first
+        for k, step in enumerate([0, *steps]):  # Python ints: no overflow
+            value += step + (jump if jump is not None and k == len(steps) // 2 else 0)
+            bits.append(value % (1 << (8 * size)))
+        return np.array(bits, f"<u{size}").view(dtype)
+    return st.builds(build, st.sampled_from(["<f8", "<i8", "<u8", "<f4", "<i4", "<u4"]),
+                     st.integers(0, 2**64 - 1),
+                     st.lists(st.integers(-(2**33), 2**33) | st.integers(-3, 3)
+                              | st.sampled_from([w + e for b in (8, 16, 32)
+                                                 for w in (2**(b - 1), -(2**(b - 1)))
+                                                 for e in (-1, 0, 1)]),  # the widths' edges
+                              min_size=0, max_size=40),
+                     st.none() | st.integers(-(2**40), 2**40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_stepped())
+def test_a_buffer_stored_as_steps_comes_back_bit_for_bit(arr) -> None:
+    """The "delta" form is chosen exactly when every step between the elements' bits
+    (wrapping around) fits a narrower integer, for 16 elements or more."""
+    entry, back = _buffers_through_file({"values": arr})
+    assert back["values"].dtype == arr.dtype and back["values"].tobytes() == arr.tobytes()
+    assert not back["values"].flags.writeable
+    size = arr.dtype.itemsize
+    bits = [int(b) for b in arr.view(f"<u{size}")]
+    half = 1 << (8 * size - 1)
+    steps = [((b - a + half) % (2 * half)) - half for a, b in zip(bits, bits[1:], strict=False)]
+    fits = any(w < size and all(-(1 << (8 * w - 1)) <= d < 1 << (8 * w - 1) for d in steps)
+               for w in (1, 2, 4))
+    form = entry["values"][1]
+    if form in ("const", "range"):
+        return
+    assert (form == "delta") == (len(arr) >= 16 and fits), (form, steps)
+    if form == "delta":  # the narrowest width that holds every step
+        low, high = min(steps), max(steps)
+        assert np.dtype(entry["values"][4]).itemsize == next(
+            w for w in (1, 2, 4) if -(1 << (8 * w - 1)) <= low and high < 1 << (8 * w - 1))
+
+
+@pytest.mark.parametrize("form", [
+    ["<f8", "delta", 20, 0, "<i8", 0],      # steps as wide as the values
+    ["<f4", "delta", 20, 0, "<i4", 0],
+    ["<f8", "delta", 20, 0, "<f4", 0],      # not integer steps
+    ["<f8", "delta", 20, -1, "|i1", 0],     # first bits outside the dtype
+    ["<f8", "delta", 20, 2**64, "|i1", 0],
+    ["<f8", "delta", 20, 0, "|i1", 10**9],  # steps outside the file
+    ["<f8", "delta", 20, 0, "|i1", -8],
+    ["<f8", "delta", 20, 0, "|i1"],         # too short
+    ["<f8", "delta", 0, 0, "|i1", 0],       # empty
+    ["<f8", "delta", 20, 0, "bogus", 0],    # not a dtype
+    ["|b1", "delta", 20, 0, "|i1", 0],      # not a number
+])
+def test_a_step_form_that_names_nothing_valid_is_damage_not_a_crash(form) -> None:
+    import json as _json
+
+    values = 1e9 + np.arange(20) * 2.5e-7
+    data = encode_part({"x": Column("float", {}, {"values": values})}, 20)
+    size = struct.unpack_from("<I", data, 4)[0]
+    header = _json.loads(data[16:16 + size])
+    assert header["columns"]["x"]["buffers"]["values"][1] == "delta"
+    header["columns"]["x"]["buffers"]["values"] = form
+    head = _json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * ((-(len(head) + 16)) % 8)
+    body = data[16 + size:]
+    crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(struct.pack("<I", len(head)))))
+    resealed = b"LBP2" + struct.pack("<III", len(head), crc, 0) + head + body
+    with pytest.raises(PartCorruptedError):
+        Part(resealed).column("x")
+
+
+@pytest.mark.parametrize(("step", "width"), [
+    (127, 1), (-128, 1), (128, 2), (-129, 2), (32767, 2), (-32768, 2), (32768, 4),
+    (2**31 - 1, 4), (-(2**31), 4), (2**31, None)])
+def test_steps_take_the_narrowest_width_that_holds_them(step, width) -> None:
+    bits = (1 << 40) + np.arange(20, dtype=np.int64) * step
+    entry, back = _buffers_through_file({"values": bits.view(np.uint64).view(np.float64)})
+    assert back["values"].view(np.int64).tolist() == bits.tolist()
+    form = entry["values"]
+    assert (np.dtype(form[4]).itemsize if form[1] == "delta" else None) == width

@@ -11,7 +11,6 @@ written with ``DataFrame.to_csv`` give the same inputs as the DataFrame itself.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import decimal
 import math
@@ -29,14 +28,6 @@ from localbatch._errors import SchemaError
 from localbatch._format.columns import concat_columns, decode_all, encode_column
 from localbatch._format.part import Part, encode_part
 from localbatch._schema import EncodingType
-
-# hypothesis imports libcst to explain a failing example, and that import warns
-# (a DeprecationWarning, an error in this suite): imported once here, quietly, a
-# failure reads as a failure instead of a pytest INTERNALERROR.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    with contextlib.suppress(ImportError):
-        import libcst.metadata  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -382,7 +373,6 @@ def _spooled(tmp, source_or_table, inputs, csv):
 @given(_input_frames(), st.sampled_from(["", "nan"]))
 def test_csv_written_by_to_csv_gives_the_dataframe_paths_values_or_its_error(frame, na_rep):
     import tempfile
-    import warnings
     from pathlib import Path
 
     from localbatch._schema import normalize_records
