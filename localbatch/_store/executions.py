@@ -62,7 +62,7 @@ from .._errors import (
     StoreError,
 )
 from .._format.columns import Column
-from .._format.part import Part, encode_part
+from .._format.part import Part
 from .faults import hook
 from .fsutil import (
     atomic_write,
@@ -593,7 +593,8 @@ class ExecutionStore:
         """Write a part under a temporary name, then publish it (the commit point)."""
         name = f"part-{seq:06d}.lbp"
         hook("part.before_write")
-        data = encode_part(columns, rows)
+        part = Part.encoded(columns, rows)
+        data = part.data
         if not publish_exclusive(directory / name, data, on_written=_after_write):
             raise StoreError(f"part {directory / name} already exists")
         hook("part.after_publish")
@@ -601,7 +602,7 @@ class ExecutionStore:
             # What was just published, as it was written: a to_frame() right after the
             # batch reads none of it back (1M trivial rows: ~60 ms of reads and checks).
             self._remember((directory.parent.name, f"results/{name}"),
-                           Part(data, checked=False))
+                           part)
         return name
 
     def part_names(self, execution_id: str, kind: str = "results") -> list[str]:
