@@ -107,17 +107,19 @@ class ResultReader:
         np.cumsum([p.rows for p in parts], out=starts[1:])
         return rows, starts[rmap.part_of[rows]] + rmap.pos_of[rows]
 
-    def _index(self, rows: np.ndarray) -> Any:
-        """The input index labels of ``rows`` (a RangeIndex for a default input index)."""
+    def _index(self, place: _Placement) -> Any:
+        """The input index labels of the recorded rows (a RangeIndex for a default
+        input index)."""
         import pandas as pd
 
         start = self._label_range_start()
         if start is None:
+            rows = place.rows
             labels = self.labels()[rows] if len(rows) else np.zeros(0, object)
             return _label_index(labels)
-        if len(rows) == self.total:
+        if place.size == self.total:
             return pd.RangeIndex(start, start + self.total, name="index")
-        return pd.Index(rows + start, name="index")
+        return pd.Index(place.rows + start, name="index")
 
     def _label_range_start(self) -> int | None:
         """The first label when the labels count up by one across every input part."""
@@ -180,7 +182,6 @@ class ResultReader:
 
         parts = self._parts()
         place = _Placement(parts, self.row_map)
-        rows = place.rows
         data: dict[str, Any] = {}
         longs: list[tuple[str, np.ndarray, Any]] = []
         for name, enc in self.outputs:
@@ -198,7 +199,7 @@ class ResultReader:
             else:
                 data[name] = _other_values(cols, place.pos, enc)
         data["error"] = _error_column(parts, place)
-        index = self._index(rows)
+        index = self._index(place)
         # Object columns as Series of a stated dtype: pandas then skips inferring a
         # type from every one of a million values (most often all None).
         # Every column is a fresh array made here: no copy into pandas' blocks.
@@ -272,11 +273,19 @@ class _Placement:
         self.parts = parts
         self._map = row_map
         recorded = row_map.part_of >= 0
-        self.rows = np.flatnonzero(recorded)
-        self.size = len(self.rows)
+        self.size = int(np.count_nonzero(recorded))
+        self.total = len(recorded)
         # A row's place is its rank among recorded rows (itself when all are).
         self._rank = None if self.size == len(recorded) else np.cumsum(recorded) - 1
+        self._rows: np.ndarray | None = None
         self._pos: np.ndarray | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The recorded rows, ascending (made when asked: 8 MB for 1M rows)."""
+        if self._rows is None:
+            self._rows = np.flatnonzero(self._map.part_of >= 0)
+        return self._rows
 
     @property
     def pos(self) -> np.ndarray:
@@ -290,6 +299,10 @@ class _Placement:
     def scatter(self, arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
         out = np.empty(self.size, dtype)
         for part, values in zip(self.parts, arrays, strict=True):
+            span = part.stored_range("index", "values") if self._rank is None else None
+            if span is not None and span[1] == 1:  # consecutive rows: a copy, no index
+                out[span[0]:span[0] + span[2]] = values
+                continue
             index = part.column("index").buffers["values"]
             out[index if self._rank is None else self._rank[index]] = values
         return out

@@ -96,8 +96,8 @@ class _WindowReader(ResultReader):
     def _parts(self) -> list[Part]:
         return self._window_parts
 
-    def _index(self, rows: np.ndarray) -> Any:
-        return _label_index(self._window_labels[rows])
+    def _index(self, place: Any) -> Any:
+        return _label_index(self._window_labels[place.rows])
 
 
 def _label_index(labels: np.ndarray) -> Any:
