@@ -90,10 +90,8 @@ def _array_text(value: Any) -> str:
     if kind == "f" and arr.dtype.itemsize not in (2, 4, 8):
         raise SchemaError(f"an array of dtype {arr.dtype} cannot be stored exactly (its "
                           f"values are wider than a float64): value {shown(value)}")
-    if kind == "f" and _odd_nan(arr):
-        # JSON has one NaN: another NaN's sign and payload live only in its bits.
-        native = arr.astype(arr.dtype.newbyteorder("="), copy=False)
-        bits = native.view(f"u{arr.dtype.itemsize}").tolist()
+    bits = _odd_nan_bits(arr) if kind == "f" else None
+    if bits is not None:
         return json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape), "bits": bits})
     if kind in "biufU":
         data = arr.tolist()
@@ -110,15 +108,17 @@ def _array_text(value: Any) -> str:
     return json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape), "data": data})
 
 
-def _odd_nan(arr: np.ndarray) -> bool:
-    """Whether a float array holds a NaN other than the one JSON's NaN reads back as."""
+def _odd_nan_bits(arr: np.ndarray) -> list[int] | None:
+    """A float array's elements' bits when it holds a NaN other than the one JSON's NaN
+    reads back as (JSON has one NaN: another's sign and payload live only in its bits),
+    else None."""
     nan = np.isnan(arr)
     if not nan.any():
-        return False
-    unsigned = f"u{arr.dtype.itemsize}"
+        return None
     native = arr.astype(arr.dtype.newbyteorder("="), copy=False)
-    plain = np.array(float("nan"), native.dtype).view(unsigned)
-    return bool((native.view(unsigned)[nan] != plain).any())
+    bits = native.view(f"u{arr.dtype.itemsize}")
+    plain = np.array(float("nan"), native.dtype).view(bits.dtype)
+    return bits.tolist() if bool((bits[nan] != plain).any()) else None
 
 
 def _array_from_text(text: str) -> Any:

@@ -68,7 +68,7 @@ def _encode(columns: dict[str, Column], rows: int) -> tuple[dict[str, Any], byte
     """(header, bytes) of one part file."""
     header: dict[str, Any] = {"rows": rows, "columns": {}}
     chunks: list[Any] = []
-    stored: list[tuple[str, str, np.ndarray]] = []  # buffers with bytes, for "next"
+    stored: list[tuple[str, str, np.ndarray]] = []  # with bytes or steps: for "next"
     offset = 0
     for name, col in columns.items():
         entry: dict[str, Any] = {"kind": col.kind, "meta": col.meta, "buffers": {}}

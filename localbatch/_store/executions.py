@@ -601,8 +601,7 @@ class ExecutionStore:
         if directory.name == "results":
             # What was just published, as it was written: a to_frame() right after the
             # batch reads none of it back (1M trivial rows: ~60 ms of reads and checks).
-            self._remember((directory.parent.name, f"results/{name}"),
-                           part)
+            self._remember((directory.parent.name, f"results/{name}"), part)
         return name
 
     def part_names(self, execution_id: str, kind: str = "results") -> list[str]:

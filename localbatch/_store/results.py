@@ -274,7 +274,6 @@ class _Placement:
         self._map = row_map
         recorded = row_map.part_of >= 0
         self.size = int(np.count_nonzero(recorded))
-        self.total = len(recorded)
         # A row's place is its rank among recorded rows (itself when all are).
         self._rank = None if self.size == len(recorded) else np.cumsum(recorded) - 1
         self._rows: np.ndarray | None = None
