@@ -448,7 +448,8 @@ def test_output_columns_are_the_same_whether_or_not_their_types_are_known(enc, v
 
 def _stepped() -> st.SearchStrategy[np.ndarray]:
     """Arrays whose elements' bits go up or down by small steps (times of rows that ran
-    back to back, a few pids), of 4- and 8-byte dtypes, with a wraparound or a jump."""
+    back to back, a few pids), of 4- and 8-byte dtypes, with a wraparound or a jump, and
+    up to more outliers than a part keeps as breaks."""
     def build(dtype: str, first: int, steps: list[int], jump: int | None) -> np.ndarray:
         size = np.dtype(dtype).itemsize
         bits, value = [], first
@@ -462,46 +463,78 @@ def _stepped() -> st.SearchStrategy[np.ndarray]:
                               | st.sampled_from([w + e for b in (8, 16, 32)
                                                  for w in (2**(b - 1), -(2**(b - 1)))
                                                  for e in (-1, 0, 1)]),  # the widths' edges
-                              min_size=0, max_size=40),
+                              min_size=0, max_size=160),
                      st.none() | st.integers(-(2**40), 2**40))
+
+
+def _step_form(arr: np.ndarray) -> tuple[int, list[int]] | None:
+    """The rule, written out: (step width, 0 for none; the steps that are breaks) of the
+    "delta" form ``arr`` takes, or None."""
+    size = arr.dtype.itemsize
+    bits = [int(b) for b in arr.view(f"<u{size}")]
+    half = 1 << (8 * size - 1)
+    steps = [((b - a + half) % (2 * half)) - half for a, b in zip(bits, bits[1:], strict=False)]
+    if len(arr) < 16 or any(not -(2**31) <= d < 2**31 for d in steps[:8]):
+        return None
+    options = [(24 * sum(d != 0 for d in steps), 0, [k for k, d in enumerate(steps) if d])]
+    for w in (1, 2, 4):
+        if w < size:
+            low, high = -(1 << (8 * w - 1)), 1 << (8 * w - 1)
+            apart = [k for k, d in enumerate(steps) if not low <= d < high]
+            options.append((w * len(steps) + 24 * len(apart), w, apart))
+    fit = [o for o in options if len(o[2]) <= 64]
+    if not fit:
+        return None
+    cost, width, apart = min(fit, key=lambda o: o[0])  # the first of equals: the narrowest
+    return (width, apart) if cost < size * len(steps) else None
 
 
 @settings(max_examples=300, deadline=None)
 @given(_stepped())
 def test_a_buffer_stored_as_steps_comes_back_bit_for_bit(arr) -> None:
-    """The "delta" form is chosen exactly when every step between the elements' bits
-    (wrapping around) fits a narrower integer, for 16 elements or more."""
+    """The "delta" form is chosen exactly when the rule says, with the width and breaks it
+    says, and every bit comes back."""
     entry, back = _buffers_through_file({"values": arr})
     assert back["values"].dtype == arr.dtype and back["values"].tobytes() == arr.tobytes()
     assert not back["values"].flags.writeable
-    size = arr.dtype.itemsize
-    bits = [int(b) for b in arr.view(f"<u{size}")]
-    half = 1 << (8 * size - 1)
-    steps = [((b - a + half) % (2 * half)) - half for a, b in zip(bits, bits[1:], strict=False)]
-    fits = any(w < size and all(-(1 << (8 * w - 1)) <= d < 1 << (8 * w - 1) for d in steps)
-               for w in (1, 2, 4))
-    form = entry["values"][1]
-    if form in ("const", "range"):
+    form = entry["values"]
+    if form[1] in ("const", "range"):
         return
-    assert (form == "delta") == (len(arr) >= 16 and fits), (form, steps)
-    if form == "delta":  # the narrowest width that holds every step
-        low, high = min(steps), max(steps)
-        assert np.dtype(entry["values"][4]).itemsize == next(
-            w for w in (1, 2, 4) if -(1 << (8 * w - 1)) <= low and high < 1 << (8 * w - 1))
+    expected = _step_form(arr)
+    assert (form[1] == "delta") == (expected is not None), (form, expected)
+    if expected is not None:
+        width, apart = expected
+        assert form[6][0::2] == apart
+        assert (form[5] is None) == (width == 0)  # no bytes: every step but breaks is 0
+        if width:
+            assert np.dtype(form[4]).itemsize == width
 
 
 @pytest.mark.parametrize("form", [
-    ["<f8", "delta", 20, 0, "<i8", 0],      # steps as wide as the values
-    ["<f4", "delta", 20, 0, "<i4", 0],
-    ["<f8", "delta", 20, 0, "<f4", 0],      # not integer steps
-    ["<f8", "delta", 20, -1, "|i1", 0],     # first bits outside the dtype
-    ["<f8", "delta", 20, 2**64, "|i1", 0],
-    ["<f8", "delta", 20, 0, "|i1", 10**9],  # steps outside the file
-    ["<f8", "delta", 20, 0, "|i1", -8],
-    ["<f8", "delta", 20, 0, "|i1"],         # too short
-    ["<f8", "delta", 0, 0, "|i1", 0],       # empty
-    ["<f8", "delta", 20, 0, "bogus", 0],    # not a dtype
-    ["|b1", "delta", 20, 0, "|i1", 0],      # not a number
+    ["<f8", "delta", 20, 0, "<i8", 0, []],      # steps as wide as the values
+    ["<f4", "delta", 20, 0, "<i4", 0, []],
+    ["<f8", "delta", 20, 0, "<f4", 0, []],      # not integer steps
+    ["<f8", "delta", 20, -1, "|i1", 0, []],     # first bits outside the dtype
+    ["<f8", "delta", 20, 2**64, "|i1", 0, []],
+    ["<f8", "delta", 20, 0, "|i1", 10**9, []],  # steps outside the file
+    ["<f8", "delta", 20, 0, "|i1", -8, []],
+    ["<f8", "delta", 20, 0, "|i1", "0", []],    # an offset that is no number
+    ["<f8", "delta", 20, 0, "|i1", 0],          # too short
+    ["<f8", "delta", 20, 0, "|i1", 0, [], 1],   # too long
+    ["<f8", "delta", 0, 0, "|i1", 0, []],       # empty
+    ["<f8", "delta", 20, 0, "bogus", 0, []],    # not a dtype
+    ["|b1", "delta", 20, 0, "|i1", 0, []],      # not a number
+    ["<f8", "delta", 20, 0, "|i1", 0, {}],      # breaks that are no list
+    ["<f8", "delta", 20, 0, "|i1", 0, [3]],     # a position without its step
+    ["<f8", "delta", 20, 0, "|i1", 0, [19, 1]],  # a step past the last
+    ["<f8", "delta", 20, 0, "|i1", 0, [-1, 1]],
+    ["<f8", "delta", 20, 0, "|i1", 0, [4, 1, 2, 1]],  # positions not increasing
+    ["<f8", "delta", 20, 0, "|i1", 0, [4, 1, 4, 1]],
+    ["<f8", "delta", 20, 0, "|i1", 0, [4, 2**64]],  # step bits outside the dtype
+    ["<f4", "delta", 20, 0, "|i1", 0, [4, 2**32]],
+    ["<f8", "delta", 20, 0, "|i1", 0, [4, -1]],
+    ["<f8", "delta", 20, 0, "|i1", 0, [4, 1.5]],
+    ["<f8", "delta", 200, 0, "|i1", None, [p for k in range(65) for p in (k, 1)]],  # too many
 ])
 def test_a_step_form_that_names_nothing_valid_is_damage_not_a_crash(form) -> None:
     values = 1e9 + np.arange(20) * 2.5e-7

@@ -418,3 +418,71 @@ def test_the_first_run_takes_its_inputs_as_written_and_later_runs_read_the_files
     assert again.state == "Failed" and "is damaged" in again.error, again.error
     assert not [k for k in store._parts if k[1].startswith("inputs/")]  # noqa: SLF001
     client.close()
+
+
+def _chunk_result(rows: list[int], pid: int, y: float | None = None) -> dict:
+    """A worker's chunk result as the committer buffers it (start times ~1 ulp apart)."""
+    import numpy as np
+
+    from localbatch._format.columns import encode_column
+
+    started = 1.7e9 + np.array(rows, np.float64) * 2.5e-7
+    return {"index": np.array(rows, np.int64), "started": started,
+            "ended": started + 1e-7, "errors": None, "console": None,
+            "outputs": {"y": encode_column("float", [float(r) if y is None else y
+                                                     for r in rows])},
+            "artifacts": {}, "pid": pid}
+
+
+def _committer(tmp_path: Path, total: int):
+    import logging
+    import uuid
+
+    from localbatch._schema import EncodingType
+    from localbatch._store.commit import Committer
+    from localbatch._store.executions import ExecutionStore
+
+    store = ExecutionStore(tmp_path)
+    eid = uuid.uuid4().hex
+    (store.path(eid) / "results").mkdir(parents=True)
+    return store, eid, Committer(store, eid, {"total": total},
+                                 [("y", EncodingType.numeric)], logging.getLogger("t"))
+
+
+def test_chunks_that_came_back_out_of_order_are_stored_in_row_order(tmp_path):
+    """Two workers' chunks arrive out of order; the part holds them in row order, so its
+    row numbers are a range and its pids take no bytes, and every row reads its own."""
+    import numpy as np
+
+    store, eid, committer = _committer(tmp_path, 60)
+    for rows, pid in ((range(20, 40), 7), (range(0, 20), 9), (range(40, 60), 7)):
+        committer.add(_chunk_result(list(rows), pid), {})
+    committer.commit()
+    (name,) = store.part_names(eid)
+    part = Part((store.path(eid) / "results" / name).read_bytes())
+    assert part.stored_range("index", "values") == (0, 1, 60)
+    header = json.loads(part.data[16:16 + int.from_bytes(part.data[4:8], "little")])
+    pids = header["columns"]["worker_pid"]["buffers"]["values"]
+    assert pids[1] == "delta" and pids[5] is None and pids[6][0::2] == [19]
+    assert part.column("worker_pid").buffers["values"].tolist() == [9] * 20 + [7] * 40
+    assert part.column("out.y").buffers["values"].tolist() == [float(r) for r in range(60)]
+    assert np.array_equal(part.column("started").buffers["values"],
+                          1.7e9 + np.arange(60) * 2.5e-7)
+
+
+def test_a_row_recorded_twice_in_one_part_keeps_its_later_record(tmp_path):
+    """Chunks whose rows interleave are stored as they came: a row's later record (a
+    retry after a failure recorded in the same part) stays the one that counts."""
+    store, eid, committer = _committer(tmp_path, 20)
+    committer.add(_chunk_result(list(range(10, 20)), 7), {})
+    committer.add(_chunk_result([2, 3, 15], 8, y=-1.0), {})  # rows 10-19 overlap
+    committer.add(_chunk_result(list(range(0, 10)), 9), {})
+    committer.commit()
+    row_map = store.row_map(eid, 20)
+    got = []
+    for row in range(20):
+        part, pos = store.read_row(eid, row_map, row)
+        got.append(part.column("out.y").buffers["values"][pos])
+    # Rows 2 and 3 are recorded twice too: their second record (from rows 0-9) came last.
+    assert got == [float(r) for r in range(20) if r != 15][:15] + [-1.0] + \
+        [float(r) for r in range(16, 20)]

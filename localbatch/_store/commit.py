@@ -169,7 +169,7 @@ class Committer:
         """Publish everything buffered as one part; returns the rows committed."""
         if not self._buffer:
             return 0
-        batch, self._buffer, self._buffered_rows = self._buffer, [], 0
+        batch, self._buffer, self._buffered_rows = _in_row_order(self._buffer), [], 0
         for payload in batch:
             for index, files in payload["artifacts"].items():
                 if files:
@@ -239,6 +239,22 @@ class Committer:
         for name, _ in self._kinds:
             columns[f"out.{name}"] = concat_columns([p["outputs"][name] for p in batch])
         return columns, index
+
+
+def _in_row_order(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The buffered chunk results in row order when their rows do not interleave, else
+    as they came (a row with two records keeps its later one later).
+
+    Chunks from two workers come back out of order; in row order a part's row numbers
+    are one range and its start times step by a few ulps, which the part stores in no
+    bytes and one byte a row (1M trivial rows: 2 MB less written)."""
+    if len(batch) < 2:
+        return batch
+    spans = sorted((int(np.min(p["index"])), int(np.max(p["index"])), k)
+                   for k, p in enumerate(batch))
+    if any(a[1] >= b[0] for a, b in zip(spans, spans[1:], strict=False)):
+        return batch
+    return [batch[k] for _, _, k in spans]
 
 
 def _concat(batch: list[dict[str, Any]], key: str, dtype: Any) -> np.ndarray:
