@@ -582,3 +582,23 @@ def test_a_part_kept_as_written_reads_like_its_file(names, n, seed) -> None:
         got, want = decode_all(kept.column(name)), decode_all(read.column(name))
         for a, b in zip(got, want, strict=True):
             _assert_same(a, b)
+
+
+def test_a_part_kept_as_written_holds_its_arrays_and_writes_the_file_bytes(tmp_path) -> None:
+    """``Part.encoded`` joins nothing: its stored buffers are read-only views of the arrays
+    it was given, and its pieces, written in turn, are the bytes ``encode_part`` makes."""
+    from localbatch._store.fsutil import publish_exclusive
+
+    values = np.random.default_rng(3).random(1000)
+    started = 1.7e9 + np.arange(1000) * 2.5e-7
+    started[500] += 0.01  # a preempted row: one break
+    columns = {"y": Column("float", {}, {"values": values, "mask": np.zeros(1000, bool)}),
+               "started": Column("float", {}, {"values": started})}
+    kept = Part.encoded(columns, 1000)
+    back = kept.column("y").buffers["values"]
+    assert np.shares_memory(back, values) and not back.flags.writeable
+    assert np.array_equal(kept.column("started").buffers["values"], started)
+    assert publish_exclusive(tmp_path / "p.lbp", kept.pieces())
+    data = (tmp_path / "p.lbp").read_bytes()
+    assert data == encode_part(columns, 1000) == kept.data and kept.nbytes == len(data)
+    assert np.array_equal(Part(data).column("started").buffers["values"], started)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import StoreError
-from .._format.buffers import same
+from .._format.buffers import missing_strings, same
 from .._format.chunk import per_row
 from .._format.columns import Column, concat_columns, encode_column, kind_for_encoding
 from .executions import ExecutionStore
@@ -215,26 +215,29 @@ class Committer:
         pids = (same(np.int64(batch[0]["pid"]), n) if len({p["pid"] for p in batch}) == 1
                 else np.concatenate([np.full(len(p["index"]), p["pid"], np.int64)
                                      for p in batch]))
+        missing = Column("str", {}, missing_strings(n))  # no list of n Nones to scan
         if all(p["errors"] is None for p in batch):
             # The common case: no row failed; the three error columns are all missing.
-            etype = emsg = etb = [None] * n
+            etype = emsg = etb = missing
         else:
             errors = _flat(batch, "errors")
-            etype, emsg, etb = ([e and e[k] for e in errors] for k in range(3))
-        history = (_flat(batch, "history") if any("history" in p for p in batch)
-                   else [None] * n)
+            etype, emsg, etb = (encode_column("str", [e and e[k] for e in errors])
+                                for k in range(3))
+        history = (encode_column("str", _flat(batch, "history"))
+                   if any("history" in p for p in batch) else missing)
+        console = (missing if all(p["console"] is None for p in batch)
+                   else encode_column("str", _flat(batch, "console")))
         columns: dict[str, Column] = {
             "index": Column("int", {}, {"values": index, "mask": same(np.False_, n)}),
             "attempts": encode_column("int", _concat(batch, "attempts", np.int64)),
             "worker_pid": Column("int", {}, {"values": pids, "mask": same(np.False_, n)}),
             "started": encode_column("float", _concat(batch, "started", np.float64)),
             "ended": encode_column("float", _concat(batch, "ended", np.float64)),
-            "error_type": encode_column("str", etype),
-            "error_message": encode_column("str", emsg),
-            "traceback": encode_column("str", etb),
-            "console": encode_column("str", [None] * n if all(p["console"] is None for p in batch)
-                                     else _flat(batch, "console")),
-            "history": encode_column("str", history),
+            "error_type": etype,
+            "error_message": emsg,
+            "traceback": etb,
+            "console": console,
+            "history": history,
         }
         for name, _ in self._kinds:
             columns[f"out.{name}"] = concat_columns([p["outputs"][name] for p in batch])

@@ -594,8 +594,7 @@ class ExecutionStore:
         name = f"part-{seq:06d}.lbp"
         hook("part.before_write")
         part = Part.encoded(columns, rows)
-        data = part.data
-        if not publish_exclusive(directory / name, data, on_written=_after_write):
+        if not publish_exclusive(directory / name, part.pieces(), on_written=_after_write):
             raise StoreError(f"part {directory / name} already exists")
         hook("part.after_publish")
         if directory.name == "results":

@@ -32,7 +32,7 @@ import uuid
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -201,15 +201,36 @@ class WriteBehind:
             raise first
 
 
-def _bytes_writer(data: bytes) -> Callable[[BinaryIO], None]:
+def _bytes_writer(data: bytes | Sequence[Any]) -> Callable[[BinaryIO], None]:
     def write(fh: BinaryIO) -> None:
-        fh.write(data)
+        if isinstance(data, bytes):
+            fh.write(data)
+        else:
+            fh.flush()
+            _write_pieces(fh.fileno(), data)
     return write
 
 
-def publish_exclusive(path: Path, data: bytes, on_written: Callable[[], None] | None = None
-                      ) -> bool:
-    """Create ``path`` with ``data`` unless it exists; False if someone else won."""
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+
+
+def _write_pieces(fd: int, pieces: Sequence[Any]) -> None:
+    """Write byte pieces in turn with as few ``writev`` calls as the kernel allows (a
+    part's ~30 pieces: one call, where a write each cost 5 ms a 1M rows' results)."""
+    views = [memoryview(p).cast("B") for p in pieces if len(p)]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written:  # a short write: drop what went, go on from there
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0], written = views[0][written:], 0
+
+
+def publish_exclusive(path: Path, data: bytes | Sequence[Any],
+                      on_written: Callable[[], None] | None = None) -> bool:
+    """Create ``path`` with ``data`` (bytes, or pieces written in turn) unless it exists;
+    False if someone else won."""
     try:
         tmp = _write_temp(path, _bytes_writer(data))
     except OSError as exc:
