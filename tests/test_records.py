@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scoring_fns
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from localbatch import InputFileError, LocalBatchWarning, SchemaError
 
@@ -327,3 +329,29 @@ def test_to_frame_of_labels_counting_up_reads_no_input_part(add_svc, client, sto
     with DeployClient(str(store)) as other:
         again = other.get_execution(eid).results().to_frame()
     pd.testing.assert_frame_equal(again, frame)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 12)), max_size=8),
+       st.integers(0, 45))
+def test_a_row_map_made_from_spans_reads_like_one_made_from_arrays(spans, probe) -> None:
+    """A row map kept as its parts' spans answers as the arrays it stands for would
+    (they are made only when asked)."""
+    from localbatch._store.executions import RowMap
+
+    total = 42
+    spans = [(a, min(n, total - a)) for a, n in spans if a < total]
+    part_of = np.full(total, -1, np.int32)
+    pos_of = np.full(total, -1, np.int32)
+    for k, (a, n) in enumerate(spans):
+        part_of[a:a + n] = k
+        pos_of[a:a + n] = np.arange(n)
+    names = [f"p{k}" for k in range(len(spans))]
+    arrays = RowMap(names, part_of, pos_of)
+    ordered = sorted(spans)
+    if all(a[0] + a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False)):
+        lazy = RowMap(names, spans=spans, total=total)
+        assert lazy.recorded_count() == arrays.recorded_count() == int((part_of >= 0).sum())
+        assert lazy.locate(probe) == arrays.locate(probe)
+        assert lazy.part_of.tolist() == part_of.tolist()
+        assert lazy.pos_of.tolist() == pos_of.tolist()

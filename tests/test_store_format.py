@@ -486,3 +486,39 @@ def test_a_row_recorded_twice_in_one_part_keeps_its_later_record(tmp_path):
     # Rows 2 and 3 are recorded twice too: their second record (from rows 0-9) came last.
     assert got == [float(r) for r in range(20) if r != 15][:15] + [-1.0] + \
         [float(r) for r in range(16, 20)]
+
+
+@pytest.mark.parametrize(("part_rows", "parts"), [(10, 2), (11, 1)])
+def test_chunks_with_rows_between_them_are_parts_of_their_own_when_large(
+        tmp_path, monkeypatch, part_rows, parts):
+    """Rows 0-9 and 20-29 buffered together (10-19 still running elsewhere): two parts of
+    consecutive rows when each holds PART_ROWS rows, else one part."""
+    import localbatch._store.commit as commit
+
+    monkeypatch.setattr(commit, "PART_ROWS", part_rows)
+    store, eid, committer = _committer(tmp_path, 40)
+    committer.add(_chunk_result(list(range(20, 30)), 7), {})
+    committer.add(_chunk_result(list(range(0, 10)), 9), {})
+    assert committer.commit() == 20 and committer.completed_count == 20
+    names = store.part_names(eid)
+    assert len(names) == parts
+    read = [Part((store.path(eid) / "results" / n).read_bytes()) for n in names]
+    if parts == 2:
+        assert [p.stored_range("index", "values") for p in read] == [(0, 1, 10), (20, 1, 10)]
+    values = [v for p in read for v in p.column("out.y").buffers["values"].tolist()]
+    assert values == [float(r) for r in [*range(0, 10), *range(20, 30)]]
+
+
+def test_a_later_part_over_the_same_rows_wins_when_parts_are_ranges(tmp_path):
+    """Parts that are each a range but hold the same rows (rows run again) are mapped row
+    by row, in commit order: the later part's record counts."""
+    store, eid, committer = _committer(tmp_path, 30)
+    committer.add(_chunk_result(list(range(0, 30)), 7), {})
+    committer.commit()
+    committer.add(_chunk_result(list(range(10, 20)), 8, y=-1.0), {})
+    committer.commit()
+    row_map = store.row_map(eid, 30)
+    assert row_map.recorded_count() == 30
+    got = [store.read_row(eid, row_map, r)[0].column("out.y").buffers["values"][
+        store.read_row(eid, row_map, r)[1]] for r in range(30)]
+    assert got == [float(r) if not 10 <= r < 20 else -1.0 for r in range(30)]

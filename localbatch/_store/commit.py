@@ -166,10 +166,18 @@ class Committer:
     # committing --------------------------------------------------------------
 
     def commit(self) -> int:
-        """Publish everything buffered as one part; returns the rows committed."""
+        """Publish everything buffered (one part, or one per run of rows that follow on:
+        see :func:`_parts_of`); returns the rows committed."""
         if not self._buffer:
             return 0
-        batch, self._buffer, self._buffered_rows = _in_row_order(self._buffer), [], 0
+        batch, self._buffer, self._buffered_rows = self._buffer, [], 0
+        committed = sum(self._publish(chunks) for chunks in _parts_of(batch))
+        if time.monotonic() - self._header_written >= HEADER_SECONDS:
+            self.write_header()
+        return committed
+
+    def _publish(self, batch: list[dict[str, Any]]) -> int:
+        """Write chunk results as one part (their artifacts first) and count its rows."""
         for payload in batch:
             for index, files in payload["artifacts"].items():
                 if files:
@@ -189,8 +197,6 @@ class Committer:
         self.failed_count += int(errs.sum()) - int(self.failed[index].sum())
         self.recorded[index] = True
         self.failed[index] = errs
-        if time.monotonic() - self._header_written >= HEADER_SECONDS:
-            self.write_header()
         return len(index)
 
     def _write_artifacts(self, index: int, files: dict[str, bytes]) -> None:
@@ -244,20 +250,29 @@ class Committer:
         return columns, index
 
 
-def _in_row_order(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The buffered chunk results in row order when their rows do not interleave, else
-    as they came (a row with two records keeps its later one later).
+def _parts_of(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The buffered chunk results as the parts to write.
 
-    Chunks from two workers come back out of order; in row order a part's row numbers
-    are one range and its start times step by a few ulps, which the part stores in no
-    bytes and one byte a row (1M trivial rows: 2 MB less written)."""
+    In row order when their rows do not interleave, one part per run of chunks whose
+    rows follow on when every run has ``PART_ROWS`` rows (a fast batch: each part's row
+    numbers are then one range, its start times step by a few ulps, and a reader maps
+    rows to parts without a per-row table); else one part. Interleaving chunks are kept
+    as they came, in one part: a row with two records keeps its later one later."""
     if len(batch) < 2:
-        return batch
+        return [batch]
     spans = sorted((int(np.min(p["index"])), int(np.max(p["index"])), k)
                    for k, p in enumerate(batch))
     if any(a[1] >= b[0] for a, b in zip(spans, spans[1:], strict=False)):
-        return batch
-    return [batch[k] for _, _, k in spans]
+        return [batch]
+    runs = [[spans[0]]]
+    for prev, span in zip(spans, spans[1:], strict=False):
+        if span[0] == prev[1] + 1:
+            runs[-1].append(span)
+        else:
+            runs.append([span])
+    if min(sum(len(batch[k]["index"]) for _, _, k in run) for run in runs) < PART_ROWS:
+        return [[batch[k] for _, _, k in spans]]
+    return [[batch[k] for _, _, k in run] for run in runs]
 
 
 def _concat(batch: list[dict[str, Any]], key: str, dtype: Any) -> np.ndarray:

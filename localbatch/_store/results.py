@@ -272,10 +272,10 @@ class _Placement:
     def __init__(self, parts: list[Part], row_map: RowMap) -> None:
         self.parts = parts
         self._map = row_map
-        recorded = row_map.part_of >= 0
-        self.size = int(np.count_nonzero(recorded))
+        self.size = row_map.recorded_count()
         # A row's place is its rank among recorded rows (itself when all are).
-        self._rank = None if self.size == len(recorded) else np.cumsum(recorded) - 1
+        self._rank = None if self.size == row_map.total else \
+            np.cumsum(row_map.part_of >= 0) - 1
         self._rows: np.ndarray | None = None
         self._pos: np.ndarray | None = None
 
