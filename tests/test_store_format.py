@@ -184,6 +184,7 @@ def test_a_reader_in_another_process_never_sees_half_a_part(client, store, monke
     import localbatch._store.commit as commit
 
     monkeypatch.setattr(commit, "PART_ROWS", 100)  # many commits while the reader polls
+    monkeypatch.setattr(commit, "PART_INTERVAL", 0.0)
     svc = (client.service("ms").version("1").code_fn(scoring_fns.slow)
            .inputs(a=float, b=float).outputs(answer=float).deploy())
     n = 2000
@@ -312,6 +313,7 @@ def test_threads_reading_while_the_owner_writes_and_evicts_see_only_right_values
     from localbatch._store import executions
 
     monkeypatch.setattr(commit, "PART_ROWS", 20)
+    monkeypatch.setattr(commit, "PART_INTERVAL", 0.0)
     monkeypatch.setattr(executions, "PART_CACHE_BYTES", 4_000)
     svc = (client.service("cache-race").version("1").code_fn(scoring_fns.slow)
            .inputs(a=float, b=float).outputs(answer=float).deploy())
@@ -522,3 +524,30 @@ def test_a_later_part_over_the_same_rows_wins_when_parts_are_ranges(tmp_path):
     got = [store.read_row(eid, row_map, r)[0].column("out.y").buffers["values"][
         store.read_row(eid, row_map, r)[1]] for r in range(30)]
     assert got == [float(r) if not 10 <= r < 20 else -1.0 for r in range(30)]
+
+
+def test_a_part_is_due_at_part_rows_but_no_sooner_than_part_interval(tmp_path, monkeypatch):
+    """Enough rows make a part due once PART_INTERVAL has passed since the last one (a
+    fast batch writes a few large parts, not one per chunk); PART_SECONDS makes a part of
+    however few rows due."""
+    import localbatch._store.commit as commit
+
+    monkeypatch.setattr(commit, "PART_ROWS", 10)
+    monkeypatch.setattr(commit, "PART_INTERVAL", 0.3)
+    monkeypatch.setattr(commit, "PART_SECONDS", 0.6)
+    store, eid, committer = _committer(tmp_path, 100)
+    assert not committer.due()  # nothing buffered
+    committer.add(_chunk_result(list(range(0, 20)), 7), {})
+    assert committer.due()  # the first part: no part before it
+    committer.commit()
+    committer.add(_chunk_result(list(range(20, 40)), 7), {})
+    assert not committer.due()  # enough rows, but just after a part
+    time.sleep(0.35)
+    assert committer.due()
+    committer.commit()
+    time.sleep(0.35)
+    committer.add(_chunk_result([40, 41], 7), {})
+    assert not committer.due()  # two rows: not PART_ROWS yet
+    time.sleep(0.65)
+    assert committer.due()  # buffered for PART_SECONDS
+    assert committer.commit() == 2 and len(store.part_names(eid)) == 3
