@@ -111,6 +111,18 @@ def test_cpu_bound_rows_get_no_more_workers_than_cores(client, store):
     assert 1 <= len(started(store, resp.execution_id)) <= CORES
 
 
+@pytest.mark.skipif(CORES < 2, reason="one core: one worker is all CPU-bound rows get")
+def test_a_small_batch_of_slow_cpu_bound_rows_gets_a_second_worker(client, store):
+    """The test-suite pattern: the SDK sample's 32 rows of ~4 ms, parallel_count=10.
+    Their chunks are sized for the workers the batch may grow to, so rows wait for a
+    second worker instead of all going to the first one in two chunks once the first
+    chunk (8 rows, faster than a worker is thought busy) has timed them."""
+    svc = deploy(client, "few-busy", warm_fns.busy)
+    resp = svc.batch(rows(32, 0.004), parallel_count=10).start().wait(120)
+    assert resp.state == "Complete" and resp.failed_item_count == 0
+    assert 2 <= len(started(store, resp.execution_id)) <= CORES
+
+
 def test_live_workers_stay_bounded_however_many_services_a_process_deploys(client):
     for i in range(12):  # a test suite: a new service each time
         svc = deploy(client, f"svc-{i}", warm_fns.nap)

@@ -315,7 +315,10 @@ class LocalSupervisor(Supervisor):
     # dispatch -------------------------------------------------------------------------
 
     def _slots(self) -> int:
-        return len(self._workers)
+        """The workers a fair share is for: those running, and at least as many as the
+        batch may grow to for CPU-bound rows (a small batch of slow rows otherwise goes
+        to its first worker in two chunks, and no row waits for a second one)."""
+        return max(len(self._workers), min(self.options.parallel_count, CORES))
 
     def _chunk_size(self) -> int:
         if self._row_seconds is None and self.record.manifest.get("vectorized"):
