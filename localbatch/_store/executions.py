@@ -359,25 +359,22 @@ class RowMap:
 
     @property
     def part_of(self) -> np.ndarray:
-        if self._part_of is None:
-            self._fill()
-        assert self._part_of is not None
-        return self._part_of
+        return self._arrays()[0]
 
     @property
     def pos_of(self) -> np.ndarray:
-        if self._pos_of is None:
-            self._fill()
-        assert self._pos_of is not None
-        return self._pos_of
+        return self._arrays()[1]
 
-    def _fill(self) -> None:
-        part_of = np.full(self.total, -1, np.int32)
-        pos_of = np.full(self.total, -1, np.int32)
-        for k, (start, count) in enumerate(self._spans or []):
-            part_of[start:start + count] = k
-            pos_of[start:start + count] = np.arange(count, dtype=np.int32)
-        self._part_of, self._pos_of = part_of, pos_of
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(part_of, pos_of), made from the spans the first time they are asked for."""
+        if self._part_of is None or self._pos_of is None:
+            part_of = np.full(self.total, -1, np.int32)
+            pos_of = np.full(self.total, -1, np.int32)
+            for k, (start, count) in enumerate(self._spans or []):
+                part_of[start:start + count] = k
+                pos_of[start:start + count] = np.arange(count, dtype=np.int32)
+            self._part_of, self._pos_of = part_of, pos_of
+        return self._part_of, self._pos_of
 
     def recorded_count(self) -> int:
         """How many rows have a record."""
