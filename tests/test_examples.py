@@ -38,12 +38,24 @@ def test_example_script_runs(script: Path, tmp_path: Path):
 
 
 def _outputs_text(nb) -> str:
-    parts = []
+    """Every cell's outputs as text. A stream's consecutive outputs are joined as they
+    are shown: the kernel may cut one print() into two outputs (its flush timer fired
+    between the print's writes), which a separator between them would make two lines."""
+    parts: list[str] = []
     for cell in nb.cells:
+        stream = None
         for out in cell.get("outputs", []):
-            parts.append(str(out.get("text", "")))
-            parts.append(str(out.get("data", {}).get("text/plain", "")))
-            parts.append(str(out.get("data", {}).get("text/html", "")))
+            if out.get("output_type") == "stream":
+                if out.get("name") == stream:
+                    parts[-1] += str(out.get("text", ""))
+                else:
+                    parts.append(str(out.get("text", "")))
+                stream = out.get("name")
+                continue
+            stream = None
+            data = out.get("data", {})
+            parts += [str(out.get("text", "")), str(data.get("text/plain", "")),
+                      str(data.get("text/html", ""))]
     return "\n".join(parts)
 
 
