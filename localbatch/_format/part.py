@@ -254,11 +254,19 @@ def _check_next(columns: dict[str, Any], name: str, key: str, dtype: np.dtype, c
 
 
 def _valid_breaks(breaks: Any, count: int, dtype: np.dtype) -> bool:
-    if not isinstance(breaks, list) or not breaks or len(breaks) % 2 \
+    """A "next" buffer's breaks: pairs at positions below ``count``, the last element
+    last."""
+    return _pairs(breaks, count, dtype) and bool(breaks) and breaks[-2] == count - 1
+
+
+def _pairs(breaks: Any, below: int, dtype: np.dtype) -> bool:
+    """A list of (position, bits) pairs, flat: integers, positions increasing from 0 and
+    below ``below``, bits that fit ``dtype``."""
+    if not isinstance(breaks, list) or len(breaks) % 2 \
             or not all(type(v) is int for v in breaks):
         return False
     positions, values = breaks[0::2], breaks[1::2]
-    return (positions[-1] == count - 1 and positions[0] >= 0
+    return (all(0 <= p < below for p in positions)
             and all(a < b for a, b in zip(positions, positions[1:], strict=False))
             and all(0 <= v < 1 << (8 * dtype.itemsize) for v in values))
 
@@ -346,13 +354,8 @@ def _check_delta(name: str, key: str, dtype: np.dtype, count: int, args: list[An
 
 
 def _valid_step_breaks(breaks: Any, count: int, dtype: np.dtype) -> bool:
-    if not isinstance(breaks, list) or len(breaks) % 2 or len(breaks) > 2 * _MAX_BREAKS \
-            or not all(type(v) is int for v in breaks):
-        return False
-    positions, values = breaks[0::2], breaks[1::2]
-    return (all(0 <= p < count - 1 for p in positions)
-            and all(a < b for a, b in zip(positions, positions[1:], strict=False))
-            and all(0 <= v < 1 << (8 * dtype.itemsize) for v in values))
+    """A "delta" buffer's breaks: at most ``_MAX_BREAKS`` pairs, at its steps."""
+    return _pairs(breaks, count - 1, dtype) and len(breaks) <= 2 * _MAX_BREAKS
 
 
 def _materialize(dtype: np.dtype, form: str, count: int, args: list[Any]) -> np.ndarray:

@@ -368,12 +368,8 @@ class RowMap:
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(part_of, pos_of), made from the spans the first time they are asked for."""
         if self._part_of is None or self._pos_of is None:
-            part_of = np.full(self.total, -1, np.int32)
-            pos_of = np.full(self.total, -1, np.int32)
-            for k, (start, count) in enumerate(self._spans or []):
-                part_of[start:start + count] = k
-                pos_of[start:start + count] = np.arange(count, dtype=np.int32)
-            self._part_of, self._pos_of = part_of, pos_of
+            self._part_of, self._pos_of = _placed(self.total, [
+                slice(start, start + count) for start, count in self._spans or []])
         return self._part_of, self._pos_of
 
     def recorded_count(self) -> int:
@@ -717,17 +713,11 @@ class ExecutionStore:
                          and span[0] + span[2] <= total else None)
         if all(spans) and _disjoint(spans):  # type: ignore[arg-type]
             return RowMap(names, spans=spans, total=total)  # type: ignore[arg-type]
-        part_of = np.full(total, -1, np.int32)
-        pos_of = np.full(total, -1, np.int32)
-        for k, (name, part, span) in enumerate(zip(names, parts, spans, strict=True)):
-            if span is not None:  # consecutive rows: two slices, no index to build and check
-                part_of[span[0]:span[0] + span[1]] = k
-                pos_of[span[0]:span[0] + span[1]] = np.arange(span[1], dtype=np.int32)
-                continue
-            index = checked_index(part, total, self.path(execution_id) / "results" / name)
-            part_of[index] = k
-            pos_of[index] = np.arange(len(index), dtype=np.int32)
-        return RowMap(names, part_of, pos_of)
+        # Consecutive rows (most parts) as a slice: no index to build and check.
+        rows = [slice(span[0], span[0] + span[1]) if span is not None
+                else checked_index(part, total, self.path(execution_id) / "results" / name)
+                for name, part, span in zip(names, parts, spans, strict=True)]
+        return RowMap(names, *_placed(total, rows))
 
     def read_row(self, execution_id: str, row_map: RowMap, index: int) -> tuple[Part, int]:
         where = row_map.locate(index)
@@ -811,6 +801,17 @@ def _remove_leftovers(folder: Path) -> None:
         for name in os.listdir(folder):
             if name.startswith((".tmp-", ".old-")):
                 shutil.rmtree(folder / name, ignore_errors=True)
+
+
+def _placed(total: int, rows: list[slice | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(part_of, pos_of) of parts holding these rows, in commit order (a later part's
+    record of a row wins)."""
+    part_of = np.full(total, -1, np.int32)
+    pos_of = np.full(total, -1, np.int32)
+    for k, where in enumerate(rows):
+        part_of[where] = k
+        pos_of[where] = np.arange(len(pos_of[where]), dtype=np.int32)
+    return part_of, pos_of
 
 
 def _disjoint(spans: list[tuple[int, int]]) -> bool:

@@ -202,12 +202,11 @@ class WriteBehind:
 
 
 def _bytes_writer(data: bytes | Sequence[Any]) -> Callable[[BinaryIO], None]:
+    pieces = [data] if isinstance(data, bytes) else data
+
     def write(fh: BinaryIO) -> None:
-        if isinstance(data, bytes):
-            fh.write(data)
-        else:
-            fh.flush()
-            _write_pieces(fh.fileno(), data)
+        fh.flush()
+        _write_pieces(fh.fileno(), pieces)
     return write
 
 
