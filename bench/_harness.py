@@ -355,6 +355,9 @@ def child_first_batch(spec: Spec) -> Any:
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
         client = DeployClient(tmp, start_method=spec["method"])
         svc = _sample_service(client, "TxService")
+        if spec["engine"] == "floor":
+            client.close()
+            return {"seconds": _template_floor(str(svc._record.path))}
         t0 = time.perf_counter()
         batch = svc.batch(df, parallel_count=spec["pc"]).start()
         resp = batch.wait()
@@ -363,6 +366,26 @@ def child_first_batch(spec: Spec) -> Any:
             raise RuntimeError(f"batch ended {resp.state}: {resp.error}")
         client.close()
     return {"seconds": seconds}
+
+
+def _template_floor(revision: str) -> float:
+    """What the warm template must do before it can fork the first worker, timed alone:
+    a fresh interpreter that imports the worker modules and preloads the service (reads
+    and verifies its blobs, unpickles code and model, importing pandas and statsmodels)."""
+    from localbatch._workers.launch import worker_env
+
+    code = ("import sys; import localbatch._workers.zygote; "
+            "from localbatch._workers.loading import preload; preload({'path': sys.argv[1]}); "
+            "print('loaded', flush=True)")
+    t0 = time.perf_counter()
+    with subprocess.Popen([sys.executable, "-c", code, revision], env=worker_env(),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # timed to here: the template then forks, not exits
+        seconds = time.perf_counter() - t0
+    if line.strip() != b"loaded":
+        raise RuntimeError(f"the floor's interpreter failed (exit {proc.returncode})")
+    return seconds
 
 
 def live_workers() -> tuple[int, int]:

@@ -58,7 +58,8 @@ QUICK = {"trivial": [20_000], "ols_row": [100], "sleep_io": [200], "vector": [50
 #: The SDK sample flow's contenders: (engine, start method, parallel_count).
 FIRST_BATCH = [("localbatch", "forkserver", 10), ("localbatch", "forkserver", 2),
                ("localbatch", "spawn", 10), ("localbatch", "spawn", 2),
-               ("pool", "fork", 10), ("pool", "spawn", 10), ("loop", "-", 1)]
+               ("pool", "fork", 10), ("pool", "spawn", 10), ("loop", "-", 1),
+               ("floor", "spawn", 1)]  # spawn: deploy() warms no template meanwhile
 
 
 class Report:
@@ -197,7 +198,9 @@ def first_batch_section(rounds: int | None, out: Report) -> dict[str, float]:
             continue
         name = {"localbatch": f"localbatch [{method}], parallel_count={pc}",
                 "pool": f"multiprocessing.Pool(10) [{method}]",
-                "loop": "plain loop, in-process"}[engine]
+                "loop": "plain loop, in-process",
+                "floor": "floor: a fresh interpreter loading the service, as the template "
+                         "does (no rows)"}[engine]
         ratio = f"{med[key] / loop:.1f}×" if loop else "—"
         out(f"| {name} | {med[key]:.3f} | {_harness.median(walls[key]):.2f} | {ratio} |")
     out()
@@ -252,6 +255,11 @@ def warm_targets(first: dict[str, float], suite: dict[str, Any], out: Report) ->
         line("first batch, parallel_count=10, start() → wait()", pc10, 1.5, " s")
         line("first batch, parallel_count=10 ÷ parallel_count=2",
              pc10 / pc2 if pc10 and pc2 else None, 1.1, "×")
+        floor = first.get("floor:spawn:1")
+        if pc10 and floor:
+            out(f"- the template's floor on this host (a fresh interpreter loading the "
+                f"service): {floor:.2f} s; first batch − floor: {pc10 - floor:+.2f} s "
+                "(the template starts at deploy(), just before start())")
     lb, pool = suite.get("localbatch:forkserver", {}), suite.get("pool:fork", {})
     if "seconds" in lb and "seconds" in pool:
         line("suite median per iteration ÷ fresh Pool(10) fork",
