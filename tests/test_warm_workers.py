@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -134,6 +135,32 @@ def test_live_workers_stay_bounded_however_many_services_a_process_deploys(clien
     assert pool.WORKER_POOL.idle_count() <= pool.MAX_IDLE
 
 
+def test_threads_deploying_and_batching_their_own_services_at_once_share_one_template(
+        client):
+    """Four threads, each its own service, deploy and run batches at the same time: the
+    template's preloads and forks interleave; every row is right, workers stay bounded."""
+    errors: list[BaseException] = []
+
+    def suite(i: int) -> None:
+        try:
+            svc = deploy(client, f"threaded-{i}", warm_fns.nap)
+            for n in (30, 12):
+                resp = svc.batch(rows(n, 0.002), parallel_count=3).start().wait(120)
+                assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+                assert resp.to_frame()["y"].tolist() == [float(k) for k in range(n)]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=suite, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    assert wait_for(lambda: len(descendants_but_template()) <= 2 * CORES)
+
+
 def test_idle_workers_are_reaped(client, monkeypatch):
     monkeypatch.setattr(pool, "IDLE_TIMEOUT", 0.3)
     svc = deploy(client, "reaped", warm_fns.nap)
@@ -222,6 +249,44 @@ def test_a_template_stuck_loading_a_model_is_replaced(client, monkeypatch):
     loaded_in, pid, _ = map(int, resp.execution(0).outputs["y"].split(":"))
     assert loaded_in == pid
     assert zygote._CLIENT.alive()  # noqa: SLF001
+
+
+@template
+def test_a_template_killed_mid_batch_costs_no_row_and_the_next_batch_gets_a_new_one(client):
+    """The template dies (SIGKILL, as the OOM killer would) while its workers score a
+    batch: the batch completes, every row once and right; the next batch is served by
+    a fresh template."""
+    svc = deploy(client, "orphans", warm_fns.nap)
+    batch = svc.batch(rows(60, 0.02), parallel_count=2).start()
+    assert wait_for(lambda: batch.results().completed_item_count >= 5, 30)
+    first = zygote._CLIENT.proc.pid  # noqa: SLF001
+    orphans = psutil.Process(first).children(recursive=True)  # its workers and keepers
+    assert orphans
+    os.kill(first, signal.SIGKILL)
+    resp = batch.wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+    assert resp.to_frame()["y"].tolist() == [float(i) for i in range(60)]
+    again = svc.batch(rows(10), parallel_count=2).start().wait(60)
+    assert again.state == "Complete" and again.failed_item_count == 0, again.error
+    assert zygote._CLIENT.alive() and zygote._CLIENT.proc.pid != first  # noqa: SLF001
+    # Orphans are no longer this process's descendants (the reaping fixture cannot see
+    # them): they must still be let go with the pool.
+    pool.WORKER_POOL.close()
+    assert wait_for(lambda: all(gone(p.pid) for p in orphans)), orphans
+
+
+@template
+def test_a_template_killed_while_idle_is_replaced_at_the_next_batch(client):
+    svc = deploy(client, "idle-template", warm_fns.nap)
+    assert svc.batch(rows(5), parallel_count=1).start().wait(60).state == "Complete"
+    pool.WORKER_POOL.close()  # no warm worker left: the next batch must fork one
+    first = zygote._CLIENT.proc.pid  # noqa: SLF001
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: gone(first))
+    resp = svc.batch(rows(20), parallel_count=2).start().wait(60)
+    assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+    assert [resp.execution(i).attempts for i in range(20)] == [1] * 20
+    assert zygote._CLIENT.proc.pid != first  # noqa: SLF001
 
 
 def test_init_runs_in_each_worker_not_in_the_template(client, store, tmp_path, monkeypatch):

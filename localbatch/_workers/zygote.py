@@ -368,7 +368,10 @@ def client() -> ForkServerClient:
     """This process's fork server, started on first use (and again if it died)."""
     global _CLIENT
     with _CLIENT_LOCK:
-        if _CLIENT is None or not _CLIENT.alive():
+        if _CLIENT is not None and not _CLIENT.alive():
+            _CLIENT.close()  # killed (the OOM killer, a user): its socket goes with it
+            _CLIENT = None
+        if _CLIENT is None:
             _CLIENT = ForkServerClient()
         return _CLIENT
 
