@@ -261,7 +261,8 @@ def test_a_template_stuck_loading_a_model_is_replaced(client, monkeypatch):
 def test_a_template_killed_mid_batch_costs_no_row_and_the_next_batch_gets_a_new_one(client):
     """The template dies (SIGKILL, as the OOM killer would) while its workers score a
     batch: the batch completes, every row once and right; the next batch is served by
-    a fresh template."""
+    a fresh template, and the orphaned workers are let go without waiting for the exit
+    reports their dead template cannot send (that wait took 5 s an orphan)."""
     svc = deploy(client, "orphans", warm_fns.nap)
     batch = svc.batch(rows(60, 0.02), parallel_count=2).start()
     assert wait_for(lambda: batch.results().completed_item_count >= 5, 30)
@@ -272,12 +273,14 @@ def test_a_template_killed_mid_batch_costs_no_row_and_the_next_batch_gets_a_new_
     resp = batch.wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
     assert resp.to_frame()["y"].tolist() == [float(i) for i in range(60)]
+    t0 = time.monotonic()
     again = svc.batch(rows(10), parallel_count=2).start().wait(60)
     assert again.state == "Complete" and again.failed_item_count == 0, again.error
     assert zygote._CLIENT.alive() and zygote._CLIENT.proc.pid != first  # noqa: SLF001
     # Orphans are no longer this process's descendants (the reaping fixture cannot see
     # them): they must still be let go with the pool.
     pool.WORKER_POOL.close()
+    assert time.monotonic() - t0 < 7.0  # 10 s and more while it waited for reports
     assert wait_for(lambda: all(gone(p.pid) for p in orphans)), orphans
 
 

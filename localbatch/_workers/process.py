@@ -196,6 +196,8 @@ class WorkerProcess:
     _closed_by_worker: bool = False
     _board_path: str = ""
     _board: Any = None
+    #: The template that forked it (``forkserver``): the one that reports its exit.
+    _server: Any = None
     #: Row indices of each chunk sent and not yet answered, by chunk id.
     _sent: dict[int, Any] = field(default_factory=dict)
 
@@ -221,7 +223,8 @@ class WorkerProcess:
 
     def _launch(self, fd: int) -> None:
         if self.start_method == "forkserver":
-            self.pid = zygote.client().fork(fd, self._board_path)
+            self._server = zygote.client()
+            self.pid = self._server.fork(fd, self._board_path)
         else:
             self.proc = launch("localbatch._workers.child", fd,
                                ["--board", self._board_path, "--owner", str(os.getpid())])
@@ -370,9 +373,10 @@ class WorkerProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout)
             code = self.proc.returncode
+            ended = code is not None
         else:
-            code = zygote.exit_code(self.pid, timeout)
-        if code is None:
+            ended, code = self._forked_exit(timeout)
+        if not ended:
             return False
         self.dead, self.exitcode = True, code
         self.close()
@@ -387,9 +391,25 @@ class WorkerProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.exitcode = self.proc.wait(timeout=timeout)
         else:
-            self.exitcode = zygote.exit_code(self.pid, timeout)
+            _, self.exitcode = self._forked_exit(timeout)
         self.close()
         return self.exitcode
+
+    def _forked_exit(self, timeout: float) -> tuple[bool, int | None]:
+        """(ended, exit code) of a worker the template forked, within ``timeout``.
+
+        Its template reports the code. A template that died reports nothing: its
+        workers live on as orphans (init reaps them), so whether one ended is read
+        from ``/proc`` at once, not after the timeout, and its code is lost (None).
+        """
+        server = self._server
+        code = server.exit_code(self.pid, timeout) if server is not None else None
+        if code is not None or (server is not None and not server.dead):
+            return code is not None, code
+        deadline = time.monotonic() + timeout
+        while pid_alive(self.pid, None) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not pid_alive(self.pid, None), None
 
     def close(self) -> None:
         if self.conn is not None:

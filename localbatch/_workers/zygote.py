@@ -57,8 +57,8 @@ from .child import serve
 from .launch import launch, set_parent_death_signal, worker_env
 from .loading import forget_preloaded, preload, preloaded
 
-__all__ = ["EXITED", "FORKED", "ForkServerClient", "client", "close", "close_if_idle",
-           "exit_code", "main", "serve_forks"]
+__all__ = ["EXITED", "FORKED", "ForkServerClient", "client", "close", "close_if_idle", "main",
+           "serve_forks"]
 
 #: A worker was forked: ``b"F"``, its pid.
 FORKED = struct.Struct("<cq")
@@ -334,8 +334,10 @@ class ForkServerClient:
             self.sock.close()
 
     def exit_code(self, pid: int, timeout: float) -> int | None:
+        """The exit code reported for a worker it forked, waiting up to ``timeout``;
+        None if none came (a dead server reports nothing more: None at once)."""
         with self.cond:
-            self.cond.wait_for(lambda: pid in self.exits, timeout=timeout)
+            self.cond.wait_for(lambda: pid in self.exits or self.dead, timeout=timeout)
             return self.exits.pop(pid, None)
 
     def alive(self) -> bool:
@@ -374,12 +376,6 @@ def client() -> ForkServerClient:
         if _CLIENT is None:
             _CLIENT = ForkServerClient()
         return _CLIENT
-
-
-def exit_code(pid: int, timeout: float) -> int | None:
-    """Exit status of a forked worker, as the fork server reports it."""
-    server = _CLIENT
-    return server.exit_code(pid, timeout) if server is not None else None
 
 
 def close_if_idle() -> None:
