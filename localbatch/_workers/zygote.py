@@ -389,8 +389,9 @@ def close_if_idle() -> None:
             return
         with server.cond:
             # Exit reports trail the kills by a moment; give them a short while.
-            server.cond.wait_for(lambda: not server.live, timeout=1.0)
-            busy = bool(server.live)
+            # A dead server reports no more: its orphans are not its to wait for.
+            server.cond.wait_for(lambda: not server.live or server.dead, timeout=1.0)
+            busy = bool(server.live) and not server.dead
         if not busy:
             server.close()
             _CLIENT = None
