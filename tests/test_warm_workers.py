@@ -222,6 +222,26 @@ def test_workers_fork_from_a_template_that_unpickled_the_model(client):
 
 
 @template
+def test_a_service_the_template_evicted_is_loaded_there_again(client):
+    """The template keeps the last PRELOAD_SERVICES services loaded; a batch of one it
+    let go still forks from it, loaded again (not in each worker), with its own models,
+    not those of a service loaded since."""
+    from localbatch._workers.loading import PRELOAD_SERVICES
+
+    n = PRELOAD_SERVICES + 2
+    services = [deploy(client, f"evicted-{i}", warm_fns.where_and_tag, outputs={"y": str},
+                       where=warm_fns.LoadedWhere(), tag=i) for i in range(n)]
+    for k in (0, n - 1, 1, 0):
+        resp = services[k].batch(rows(6), parallel_count=2).start().wait(60)
+        assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+        template_pid = zygote._CLIENT.proc.pid  # noqa: SLF001
+        for i in range(6):
+            loaded_in, pid, keeper, tag = map(int, resp.execution(i).outputs["y"].split(":"))
+            assert loaded_in == psutil.Process(keeper).ppid() == template_pid != pid
+            assert tag == k
+
+
+@template
 def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
     """The template never forks with a second thread running: it starts afresh."""
     svc = deploy(client, "threads", warm_fns.where_loaded, outputs={"y": str},

@@ -55,6 +55,11 @@ def where_loaded(a: float, b: float) -> str:
     return f"{where.pid}:{os.getpid()}:{os.getppid()}"  # noqa: F821 - a model
 
 
+def where_and_tag(a: float, b: float) -> str:
+    """'<pid that unpickled the model>:<this pid>:<parent pid>:<the service's tag>'."""
+    return f"{where.pid}:{os.getpid()}:{os.getppid()}:{tag}"  # noqa: F821 - models
+
+
 def busy(a: float, b: float) -> float:
     """A CPU-bound row: ~b seconds of pure Python."""
     end = time.process_time() + b
