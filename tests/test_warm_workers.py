@@ -11,7 +11,10 @@ timings here: speed lives in bench/compare.py (first_batch, suite).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -30,6 +33,7 @@ from faults.helpers import gone  # tests/ is on sys.path (conftest)
 
 from localbatch._engines.base import RUNS
 from localbatch._engines.local import CORES
+from localbatch._store.fsutil import write_json
 from localbatch._workers import pool, zygote
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +243,35 @@ def test_a_service_the_template_evicted_is_loaded_there_again(client):
             loaded_in, pid, keeper, tag = map(int, resp.execution(i).outputs["y"].split(":"))
             assert loaded_in == psutil.Process(keeper).ppid() == template_pid != pid
             assert tag == k
+
+
+@template
+def test_a_template_never_serves_a_service_changed_on_disk_since_it_loaded_it(client):
+    """The template loaded a service; then its model file changes on disk. Re-signed
+    (blob and manifest hash rewritten together), workers get the new model, not the
+    template's copy; tampered (hash left), they refuse it before unpickling."""
+    svc = deploy(client, "changed", warm_fns.where_and_tag, outputs={"y": str},
+                 where=warm_fns.LoadedWhere(), tag=1)
+
+    def tags() -> set[int]:
+        pool.WORKER_POOL.close()  # fresh workers: they load (from the template) again
+        resp = svc.batch(rows(4), parallel_count=2).start().wait(60)
+        assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+        return {int(resp.execution(i).outputs["y"].split(":")[3]) for i in range(4)}
+
+    assert tags() == {1}  # the template holds tag=1 now
+    blob = svc._record.path / "model-tag.pkl"  # noqa: SLF001
+    manifest = json.loads((svc._record.path / "manifest.json").read_text())  # noqa: SLF001
+    data = pickle.dumps(2)
+    blob.write_bytes(data)
+    manifest["blobs"]["model-tag.pkl"] = hashlib.sha256(data).hexdigest()
+    write_json(svc._record.path / "manifest.json", manifest)  # noqa: SLF001
+    assert tags() == {2}
+    blob.write_bytes(pickle.dumps(3))  # the manifest still names 2's hash
+    pool.WORKER_POOL.close()
+    resp = svc.batch(rows(4), parallel_count=2).start().wait(60)
+    assert resp.state == "Failed", resp.state
+    assert "model-tag.pkl" in str(resp.error) and "hash" in str(resp.error), resp.error
 
 
 @template
