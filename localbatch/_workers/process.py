@@ -398,9 +398,9 @@ class WorkerProcess:
     def _forked_exit(self, timeout: float) -> tuple[bool, int | None]:
         """(ended, exit code) of a worker the template forked, within ``timeout``.
 
-        Its template reports the code. A template that died reports nothing: its
-        workers live on as orphans (init reaps them), so whether one ended is read
-        from ``/proc`` at once, not after the timeout, and its code is lost (None).
+        Its template reports the code. A template that died reports nothing (its
+        workers die with it and init reaps them), so whether one ended is read from
+        ``/proc`` at once, not after the timeout, and its code is lost (None).
         """
         server = self._server
         code = server.exit_code(self.pid, timeout) if server is not None else None

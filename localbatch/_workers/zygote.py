@@ -27,10 +27,12 @@ it forget that service and re-execute itself, and workers of that service load
 it after the fork, as spawned ones do.
 
 The workers are the server's children, not the owner's: the owner cannot wait
-for them, so the server reports each exit status. A server killed from outside
-leaves its workers running as orphans (they finish their chunks); the owner then
-reads their end from ``/proc``, and the next fork starts a new server. The server
-dies with its owner (``PR_SET_PDEATHSIG``, and the socket's end). :func:`serve_forks` is the
+for them, so the server reports each exit status. The server dies with its
+owner (``PR_SET_PDEATHSIG``, and the socket's end), and its workers die with it
+(their keepers' parent-death signal: :mod:`.keeper`), so a server killed from
+outside costs each of its workers the row it was running, as any worker crash
+does; the owner reads their end from ``/proc`` (no report can come), and the next
+fork starts a new server. :func:`serve_forks` is the
 server's loop; :class:`ForkServerClient` (one per owner process, from
 :func:`client`) is the owner's end.
 """

@@ -3,7 +3,8 @@
     python tests/faults/chaos.py --seeds 30 --rows 2000
 
 For every seed, a killer thread SIGKILLs a random worker of this process at
-random intervals while a batch runs. Afterwards every row must have exactly one
+random intervals while a batch runs, and now and then (``--template-kills``) the
+warm template the workers fork from. Afterwards every row must have exactly one
 record (checked from the part files), every successful output must equal the
 fault-free oracle, and any failed row must be one whose worker was killed
 ``max_attempts`` times. Prints one line per seed and the totals.
@@ -12,6 +13,7 @@ fault-free oracle, and any failed row must be one whose worker was killed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -39,15 +41,22 @@ def det(a, b):
     return a * 3.0 + b
 
 
-def _killer(stop: threading.Event, rng: random.Random, kills: list[int], mean: float) -> None:
+def _killer(stop: threading.Event, rng: random.Random, kills: list[int], mean: float,
+            template_share: float, template_kills: list[int]) -> None:
     me = psutil.Process()
     while not stop.wait(rng.expovariate(1 / mean)):
-        # Workers and their keepers (forked ones carry the template's command line);
-        # not the template itself, this process's child.
-        workers = [p for p in me.children(recursive=True)
-                   if "localbatch._workers" in " ".join(_cmd(p))
-                   and not ("--zygote" in " ".join(_cmd(p)) and _parent(p) == me.pid)]
-        if workers:
+        # Workers and their keepers (forked ones carry the template's command line),
+        # or the template itself (this process's child) now and then.
+        procs = [p for p in me.children(recursive=True)
+                 if "localbatch._workers" in " ".join(_cmd(p))]
+        templates = [p for p in procs
+                     if "--zygote" in " ".join(_cmd(p)) and _parent(p) == me.pid]
+        workers = [p for p in procs if p not in templates]
+        if templates and rng.random() < template_share:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(templates[0].pid, signal.SIGKILL)
+                template_kills.append(templates[0].pid)
+        elif workers:
             victim = rng.choice(workers)
             try:
                 os.kill(victim.pid, signal.SIGKILL)
@@ -70,11 +79,13 @@ def _cmd(p: psutil.Process) -> list[str]:
         return []
 
 
-def run_seed(svc, store: Path, seed: int, rows: int, mean: float) -> dict[str, int]:
+def run_seed(svc, store: Path, seed: int, rows: int, mean: float, template_share: float
+             ) -> dict[str, int]:
     rng = random.Random(seed)
     frame = pd.DataFrame({"a": np.arange(rows, dtype=float), "b": float(seed)})
-    stop, kills = threading.Event(), []
-    killer = threading.Thread(target=_killer, args=(stop, rng, kills, mean), daemon=True)
+    stop, kills, template_kills = threading.Event(), [], []
+    killer = threading.Thread(target=_killer, daemon=True,
+                              args=(stop, rng, kills, mean, template_share, template_kills))
     batch = svc.batch(frame, parallel_count=2).start()
     killer.start()
     resp = batch.wait(timeout=600)
@@ -91,6 +102,7 @@ def run_seed(svc, store: Path, seed: int, rows: int, mean: float) -> dict[str, i
     bad_failures = [i for i in failed if resp.execution(i).attempts < 3]
     retried = sum(resp.execution(i).attempts > 1 for i in out.index) if kills else 0
     return {"state_ok": int(resp.state == "Complete"), "kills": len(kills),
+            "template_kills": len(template_kills),
             "retried_rows": int(retried), "failed_rows": len(failed),
             "bad_failures": len(bad_failures), "mismatches": mismatches,
             "duplicates": int((counts > 1).sum()), "missing": int((counts == 0).sum())}
@@ -102,6 +114,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--mean-interval", type=float, default=0.3,
                         help="mean seconds between kills")
+    parser.add_argument("--template-kills", type=float, default=0.1,
+                        help="share of the kills aimed at the warm template")
     args = parser.parse_args()
     totals: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +125,8 @@ def main() -> int:
                .outputs(y=float).deploy())
         t0 = time.monotonic()
         for seed in range(args.seeds):
-            result = run_seed(svc, store, seed, args.rows, args.mean_interval)
+            result = run_seed(svc, store, seed, args.rows, args.mean_interval,
+                              args.template_kills)
             print(f"seed {seed:3d}: " + " ".join(f"{k}={v}" for k, v in result.items()),
                   flush=True)
             for k, v in result.items():
