@@ -340,8 +340,11 @@ def test_a_template_killed_mid_batch_costs_each_of_its_workers_one_row_at_most(c
 
 
 @template
-def test_a_template_killed_while_idle_is_replaced_at_the_next_batch(client):
-    svc = deploy(client, "idle-template", warm_fns.nap)
+def test_a_template_killed_while_idle_is_replaced_and_the_service_preloaded_again(client):
+    """A template that dies idle (long after it loaded the service) is not blamed on
+    that service: the next template loads it too, and workers fork from it warm."""
+    svc = deploy(client, "idle-template", warm_fns.where_loaded, outputs={"y": str},
+                 where=warm_fns.LoadedWhere())
     assert svc.batch(rows(5), parallel_count=1).start().wait(60).state == "Complete"
     pool.WORKER_POOL.close()  # no warm worker left: the next batch must fork one
     first = zygote._CLIENT.proc.pid  # noqa: SLF001
@@ -350,7 +353,11 @@ def test_a_template_killed_while_idle_is_replaced_at_the_next_batch(client):
     resp = svc.batch(rows(20), parallel_count=2).start().wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
     assert [resp.execution(i).attempts for i in range(20)] == [1] * 20
-    assert zygote._CLIENT.proc.pid != first  # noqa: SLF001
+    second = zygote._CLIENT.proc.pid  # noqa: SLF001
+    assert second != first
+    for i in range(20):
+        loaded_in, pid, keeper = map(int, resp.execution(i).outputs["y"].split(":"))
+        assert loaded_in == psutil.Process(keeper).ppid() == second != pid
 
 
 def test_init_runs_in_each_worker_not_in_the_template(client, store, tmp_path, monkeypatch):

@@ -235,7 +235,8 @@ class ForkServerClient:
         #: Workers forked and not yet reported ended.
         self.live: set[int] = set()
         self.exits: dict[int, int] = {}
-        #: The last service asked to be preloaded: blamed if the server dies.
+        #: The last service asked to be preloaded and not yet known loaded (a later
+        #: answer says so: requests are served in order): blamed if the server dies.
         self.loading: str | None = None
         self.pongs = 0
         self.dead = False
@@ -307,6 +308,8 @@ class ForkServerClient:
             with self.cond:
                 done = self.cond.wait_for(lambda: self.pongs > seen or self.dead, timeout)
                 done = done and not self.dead
+            if done:
+                self.loading = None  # loaded: a later death is not that service's doing
         if not done:
             self.abandon()
             raise OSError("the localbatch template did not load the service in time")
@@ -320,6 +323,8 @@ class ForkServerClient:
                 # The template may be loading the service first (a big model: minutes).
                 self.cond.wait_for(lambda: bool(self.forked), timeout=FORK_TIMEOUT)
                 pid = self.forked.pop(0) if self.forked else -1
+            if pid >= 0:
+                self.loading = None  # what it preloaded before this fork is loaded
         if pid < 0:
             self.abandon()
             raise OSError("the localbatch fork server is not answering")
