@@ -360,6 +360,35 @@ def test_a_template_killed_while_idle_is_replaced_and_the_service_preloaded_agai
         assert loaded_in == psutil.Process(keeper).ppid() == second != pid
 
 
+@pytest.mark.parametrize("deaths", [pool.TEMPLATE_TRIES - 1, pool.TEMPLATE_TRIES])
+@template
+def test_a_template_that_dies_as_it_is_asked_for_a_worker_is_replaced(client, monkeypatch,
+                                                                     deaths):
+    """Each template is killed just as the owner asks it for a worker (the real
+    process, SIGKILLed at that moment): a fresh one serves the batch, up to
+    TEMPLATE_TRIES templates; past that the batch fails naming the cause."""
+    svc = deploy(client, "dies-at-fork", warm_fns.nap)
+    real_fork = zygote.ForkServerClient.fork
+    killed: list[int] = []
+
+    def fork_after_a_kill(self, child_fd: int, board_path: str) -> int:
+        if len(killed) < deaths:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            killed.append(self.proc.pid)
+        return real_fork(self, child_fd, board_path)
+
+    monkeypatch.setattr(zygote.ForkServerClient, "fork", fork_after_a_kill)
+    resp = svc.batch(rows(10), parallel_count=1).start().wait(60)
+    assert len(killed) == deaths
+    if deaths < pool.TEMPLATE_TRIES:
+        assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
+        assert [resp.execution(i).attempts for i in range(10)] == [1] * 10
+        assert zygote._CLIENT.proc.pid not in killed  # noqa: SLF001
+    else:
+        assert resp.state == "Failed"
+        assert "template died" in str(resp.error), resp.error
+
+
 def test_init_runs_in_each_worker_not_in_the_template(client, store, tmp_path, monkeypatch):
     inits = tmp_path / "inits"
     inits.mkdir()

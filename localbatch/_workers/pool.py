@@ -48,6 +48,9 @@ DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "sp
 #: one per core, so live worker processes (worker + keeper) stay <= 2 x cores.
 MAX_IDLE = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1)
+#: Templates a worker start tries before it gives up: each one that dies (killed,
+#: or killed by what it loaded) or hangs is replaced by a fresh one.
+TEMPLATE_TRIES = 3
 #: Services whose idle workers are all kept (the last, and one used in turn with it).
 KEEP_SERVICES = 2
 
@@ -182,19 +185,19 @@ def start_worker(key: tuple[Any, ...], start_method: str, spec: dict[str, Any],
     if start_method != "forkserver":
         w.start(spec, limits or None)
         return w
-    for attempt in (1, 2):
+    for attempt in range(1, TEMPLATE_TRIES + 1):
         server = zygote.client()
         try:
             server.preload(spec)
             server.wait_loaded(zygote.FORK_TIMEOUT)
+            w.start(spec, limits or None)
+            return w
         except OSError:
-            # Dead, or stuck loading it: once more from a fresh template, which
-            # does not preload that service (its workers load it themselves).
-            if attempt == 2:
+            # Dead (killed, or it died loading the service) or stuck loading it:
+            # again from a fresh template, which does not preload a service it died
+            # or hung loading (those workers load it themselves).
+            if attempt == TEMPLATE_TRIES:
                 raise
-            continue
-        w.start(spec, limits or None)
-        return w
     raise AssertionError("unreachable")
 
 

@@ -213,6 +213,10 @@ class WorkerProcess:
         parent, child = socket.socketpair()
         try:
             on_launcher(lambda: self._launch(child.fileno()))
+        except BaseException:
+            parent.close()
+            self.close()  # its board: a retry starts afresh
+            raise
         finally:
             child.close()
         self.conn = Connection(parent.detach())

@@ -326,8 +326,10 @@ class ForkServerClient:
             if pid >= 0:
                 self.loading = None  # what it preloaded before this fork is loaded
         if pid < 0:
+            dead = self.dead
             self.abandon()
-            raise OSError("the localbatch fork server is not answering")
+            raise OSError("the localbatch template died" if dead
+                          else "the localbatch template is not answering")
         return pid
 
     def abandon(self) -> None:
