@@ -32,9 +32,9 @@ owner (``PR_SET_PDEATHSIG``, and the socket's end), and its workers die with it
 (their keepers' parent-death signal: :mod:`.keeper`), so a server killed from
 outside costs each of its workers the row it was running, as any worker crash
 does; the owner reads their end from ``/proc`` (no report can come), and the next
-fork starts a new server. :func:`serve_forks` is the
-server's loop; :class:`ForkServerClient` (one per owner process, from
-:func:`client`) is the owner's end.
+fork starts a new server. :func:`serve_forks` is the server's loop;
+:class:`ForkServerClient` (one per owner process, from :func:`client`) is the
+owner's end.
 """
 
 from __future__ import annotations
