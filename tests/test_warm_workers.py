@@ -59,6 +59,16 @@ def started(store: Path, execution_id: str) -> list[int]:
     return [int(p) for p in re.findall(r"worker (\d+) started", log)]
 
 
+def template_pid() -> int:
+    """The live template's pid."""
+    return zygote._CLIENT.proc.pid  # noqa: SLF001 - the test looks at the live template
+
+
+def answer(resp, i: int) -> list[int]:
+    """Row ``i``'s answer from warm_fns' ``where_loaded`` and friends: its ints."""
+    return [int(v) for v in resp.execution(i).outputs["y"].split(":")]
+
+
 def descendants_but_template() -> list[psutil.Process]:
     server = zygote._CLIENT  # noqa: SLF001 - the test looks at the live template
     template = server.proc.pid if server is not None and server.alive() else None
@@ -220,7 +230,7 @@ def test_workers_fork_from_a_template_that_unpickled_the_model(client):
     resp = svc.batch(rows(20), parallel_count=2).start().wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0
     for i in range(20):
-        loaded_in, pid, keeper = map(int, resp.execution(i).outputs["y"].split(":"))
+        loaded_in, pid, keeper = answer(resp, i)
         # Unpickled once, in the template: the parent of the worker's keeper.
         assert loaded_in == psutil.Process(keeper).ppid() != pid
 
@@ -238,10 +248,9 @@ def test_a_service_the_template_evicted_is_loaded_there_again(client):
     for k in (0, n - 1, 1, 0):
         resp = services[k].batch(rows(6), parallel_count=2).start().wait(60)
         assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
-        template_pid = zygote._CLIENT.proc.pid  # noqa: SLF001
         for i in range(6):
-            loaded_in, pid, keeper, tag = map(int, resp.execution(i).outputs["y"].split(":"))
-            assert loaded_in == psutil.Process(keeper).ppid() == template_pid != pid
+            loaded_in, pid, keeper, tag = answer(resp, i)
+            assert loaded_in == psutil.Process(keeper).ppid() == template_pid() != pid
             assert tag == k
 
 
@@ -257,7 +266,7 @@ def test_a_template_never_serves_a_service_changed_on_disk_since_it_loaded_it(cl
         pool.WORKER_POOL.close()  # fresh workers: they load (from the template) again
         resp = svc.batch(rows(4), parallel_count=2).start().wait(60)
         assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
-        return {int(resp.execution(i).outputs["y"].split(":")[3]) for i in range(4)}
+        return {answer(resp, i)[3] for i in range(4)}
 
     assert tags() == {1}  # the template holds tag=1 now
     blob = svc._record.path / "model-tag.pkl"  # noqa: SLF001
@@ -283,7 +292,7 @@ def test_a_model_that_starts_a_thread_is_loaded_in_each_worker_instead(client):
         resp = svc.batch(rows(10), parallel_count=2).start().wait(60)
         assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
         for i in range(10):
-            loaded_in, pid, _ = map(int, resp.execution(i).outputs["y"].split(":"))
+            loaded_in, pid, _ = answer(resp, i)
             assert loaded_in == pid
     assert zygote._CLIENT.alive()  # noqa: SLF001
 
@@ -305,7 +314,7 @@ def test_a_template_stuck_loading_a_model_is_replaced(client, monkeypatch):
                  where=warm_fns.StuckInTemplate())
     resp = svc.batch(rows(4), parallel_count=1).start().wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
-    loaded_in, pid, _ = map(int, resp.execution(0).outputs["y"].split(":"))
+    loaded_in, pid, _ = answer(resp, 0)
     assert loaded_in == pid
     assert zygote._CLIENT.alive()  # noqa: SLF001
 
@@ -321,7 +330,7 @@ def test_a_template_killed_mid_batch_costs_each_of_its_workers_one_row_at_most(c
     svc = deploy(client, "orphans", warm_fns.nap)
     batch = svc.batch(rows(400, 0.02), parallel_count=2).start()
     assert wait_for(lambda: batch.results().completed_item_count > 0, 30)  # ~2 s in
-    first = zygote._CLIENT.proc.pid  # noqa: SLF001
+    first = template_pid()
     t0 = time.monotonic()
     os.kill(first, signal.SIGKILL)
     resp = batch.wait(60)
@@ -333,7 +342,7 @@ def test_a_template_killed_mid_batch_costs_each_of_its_workers_one_row_at_most(c
     assert "worker died (exit status unknown)" in log  # the kill came mid-batch
     again = svc.batch(rows(10), parallel_count=2).start().wait(60)
     assert again.state == "Complete" and again.failed_item_count == 0, again.error
-    assert zygote._CLIENT.alive() and zygote._CLIENT.proc.pid != first  # noqa: SLF001
+    assert zygote._CLIENT.alive() and template_pid() != first  # noqa: SLF001
     pool.WORKER_POOL.close()
     # ~2 s of rows were left at the kill; waiting for reports took 13 s and more.
     assert time.monotonic() - t0 < 8.0
@@ -347,16 +356,16 @@ def test_a_template_killed_while_idle_is_replaced_and_the_service_preloaded_agai
                  where=warm_fns.LoadedWhere())
     assert svc.batch(rows(5), parallel_count=1).start().wait(60).state == "Complete"
     pool.WORKER_POOL.close()  # no warm worker left: the next batch must fork one
-    first = zygote._CLIENT.proc.pid  # noqa: SLF001
+    first = template_pid()
     os.kill(first, signal.SIGKILL)
     assert wait_for(lambda: gone(first))
     resp = svc.batch(rows(20), parallel_count=2).start().wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
     assert [resp.execution(i).attempts for i in range(20)] == [1] * 20
-    second = zygote._CLIENT.proc.pid  # noqa: SLF001
+    second = template_pid()
     assert second != first
     for i in range(20):
-        loaded_in, pid, keeper = map(int, resp.execution(i).outputs["y"].split(":"))
+        loaded_in, pid, keeper = answer(resp, i)
         assert loaded_in == psutil.Process(keeper).ppid() == second != pid
 
 
@@ -383,7 +392,7 @@ def test_a_template_that_dies_as_it_is_asked_for_a_worker_is_replaced(client, mo
     if deaths < pool.TEMPLATE_TRIES:
         assert resp.state == "Complete" and resp.failed_item_count == 0, resp.error
         assert [resp.execution(i).attempts for i in range(10)] == [1] * 10
-        assert zygote._CLIENT.proc.pid not in killed  # noqa: SLF001
+        assert template_pid() not in killed
     else:
         assert resp.state == "Failed"
         assert "template died" in str(resp.error), resp.error
@@ -397,14 +406,14 @@ def test_init_runs_in_each_worker_not_in_the_template(client, store, tmp_path, m
                  outputs={"y": str})
     resp = svc.batch(rows(200, 0.0), parallel_count=2).start().wait(60)
     assert resp.state == "Complete" and resp.failed_item_count == 0
-    pairs = {tuple(map(int, resp.execution(i).outputs["y"].split(":"))) for i in range(200)}
+    pairs = {tuple(answer(resp, i)) for i in range(200)}
     assert all(init == pid for init, pid in pairs)  # each worker ran its own init
     ran = {int(p.name) for p in inits.iterdir()}
     # Only workers ran it (one that started as the last rows went may have scored none).
     # (started() logs each worker's keeper, the parent of the process that runs rows.)
     assert {pid for _, pid in pairs} <= ran
     assert len(ran) <= len(started(store, resp.execution_id))
-    assert zygote._CLIENT.proc.pid not in ran  # noqa: SLF001
+    assert template_pid() not in ran
 
 
 def test_no_state_of_the_test_process_leaks_into_a_worker(client, monkeypatch):
